@@ -1,0 +1,5 @@
+"""dsv3_edu: DeepSeek-V3 built from scratch, for learning. See README.md."""
+from .config import PRESETS, ModelConfig, get_config
+
+__all__ = ["ModelConfig", "PRESETS", "get_config"]
+__version__ = "0.1.0"
