@@ -63,17 +63,18 @@ def moe_gates(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def update_biases(model: nn.Module, gamma: float) -> dict[str, float]:
+def update_biases(model: nn.Module, gamma: float) -> dict:
     """After an optimizer step: apply the sign rule to every gate from the loads it counted since the last
-    call, then reset the counts. Returns {"maxvio": mean MaxVio, "bias_min", "bias_max"} for logging."""
+    call, then reset the counts. Returns per-gate ``maxvio`` and ``loads`` (lists, layer order) and the
+    bias range, for logging."""
     gates = moe_gates(model)
-    vios = []
+    vios, loads = [], []
     for g in gates:
-        if g.load_acc.sum() > 0:
-            vios.append(max_violation(g.load_acc).item())
-            if gamma > 0:
-                bias_update(g.bias, g.load_acc, gamma)
+        load = g.load_acc.clone()
+        loads.append(load)
+        vios.append(max_violation(load).item() if load.sum() > 0 else 0.0)
+        if gamma > 0 and load.sum() > 0:
+            bias_update(g.bias, load, gamma)
         g.load_acc.zero_()
     biases = torch.cat([g.bias for g in gates]) if gates else torch.zeros(1)
-    return {"maxvio": sum(vios) / max(len(vios), 1), "bias_min": biases.min().item(),
-            "bias_max": biases.max().item()}
+    return {"maxvio": vios, "loads": loads, "bias_min": biases.min().item(), "bias_max": biases.max().item()}

@@ -1,0 +1,132 @@
+"""Command line: ``python -m dsv3_edu {train,generate,accounting}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from .train import TrainConfig, TrainingDiverged, train
+    from .generate import generate
+    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                        if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
+    if args.set:
+        tc.model_overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
+                              for k, v in (kv.split("=", 1) for kv in args.set)}
+    try:
+        res = train(tc, resume=args.resume)
+    except (TrainingDiverged, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
+          f"{res.model.num_params() / 1e6:.2f}M parameters")
+    if res.out_dir:
+        print(f"checkpoint, metrics.jsonl, loss.png, expert_load.png in {res.out_dir}")
+    if args.samples:
+        _print_samples(res.model, args.samples)
+    return 0
+
+
+def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
+    import torch
+    from .data import load_tokenizer
+    from .generate import generate
+    tok = load_tokenizer()
+    device = next(model.parameters()).device
+    for i, p in enumerate(prompts[:n]):
+        ids = torch.tensor([tok.encode(p)], device=device)
+        out = generate(model, ids, max_new_tokens=96, temperature=0.8, top_k=50, seed=i)
+        print(f"\n--- sample {i + 1} (prompt {p!r}) ---\n{tok.decode(out[0].tolist())}")
+
+
+def _generate(args) -> int:
+    import torch
+    from .data import load_tokenizer
+    from .generate import fim_prompt, generate, speculative_generate
+    from .train import load_model
+    try:
+        model = load_model(args.ckpt, args.device or "cpu")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tok = load_tokenizer(args.tokenizer)
+    if args.fim_prefix is not None or args.fim_suffix is not None:
+        ids = fim_prompt(tok, args.fim_prefix or "", args.fim_suffix or "")
+    else:
+        ids = tok.encode(args.prompt)
+    prompt = torch.tensor([ids], device=next(model.parameters()).device)
+    if args.speculative == "mtp":
+        import time
+        t0 = time.perf_counter()
+        plain = generate(model, prompt, args.max_new_tokens, temperature=0)
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out, st = speculative_generate(model, prompt, args.max_new_tokens)
+        t_spec = time.perf_counter() - t0
+        print(tok.decode(out[0].tolist()))
+        print(f"\n[speculative mtp] acceptance rate {st.acceptance_rate:.1%} ({st.accepted}/{st.drafted}), "
+              f"{st.tokens_per_forward:.2f} tokens per main forward, speed-up {t_plain / t_spec:.2f}x "
+              f"({t_plain:.2f}s plain greedy vs {t_spec:.2f}s); identical to greedy: {torch.equal(plain, out)}")
+        return 0
+    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, eos_id=tok.eos_id)
+    new = out[0, len(ids):].tolist()
+    if args.fim_prefix is not None or args.fim_suffix is not None:
+        middle = tok.decode([t for t in new if t != tok.eos_id])
+        print(f"{args.fim_prefix or ''}\033[1m{middle}\033[0m{args.fim_suffix or ''}")
+    else:
+        print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainConfig
+    p = argparse.ArgumentParser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model (default: the tiny preset on the stdlib corpus)")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in ("model_overrides",):
+            continue
+        d = getattr(defaults, f.name)
+        kind = type(d) if d is not None else (int if f.name.endswith("bytes") else str)
+        if kind is bool:
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None)
+        else:
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                           help=f"default: {d}")
+    t.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="model config overrides, e.g. n_mtp=0")
+    t.add_argument("--resume", help="continue a run from its folder (same data order, optimizer, biases)")
+    t.add_argument("--samples", type=int, default=3, help="print this many samples at the end (0: none)")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="generate from a checkpoint")
+    g.add_argument("--ckpt", default="runs/tiny", help="run folder or checkpoint folder")
+    g.add_argument("--prompt", default="def ")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--speculative", choices=["mtp"], help="greedy speculative decoding with the MTP drafter")
+    g.add_argument("--fim-prefix", help="code before the hole (fill-in-the-middle)")
+    g.add_argument("--fim-suffix", help="code after the hole")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the committed one)")
+    g.add_argument("--device", help="cpu, cuda, mps (default cpu)")
+    g.set_defaults(func=_generate)
+
+    a = sub.add_parser("accounting", help="parameter and KV-cache accounting (see dsv3_edu.accounting)")
+    a.add_argument("rest", nargs=argparse.REMAINDER)
+    a.set_defaults(func=lambda args: __import__("dsv3_edu.accounting", fromlist=["main"]).main(args.rest))
+
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

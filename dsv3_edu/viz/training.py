@@ -1,0 +1,51 @@
+"""Training plots: loss curves, MaxVio, expert load."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def plot_loss_curves(history: list[dict], runs: dict[str, list[dict]] | None = None, ax=None):
+    """Train (main) and validation loss against tokens seen. ``runs`` overlays several named histories."""
+    runs = runs or {"": history}
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    for i, (name, hist) in enumerate(runs.items()):
+        color = f"C{i}"
+        label = f"{name} " if name else ""
+        ax.plot([r["tokens"] for r in hist], [r["main_loss"] for r in hist], color=color, alpha=0.6,
+                label=f"{label}train")
+        val = [r for r in hist if "val_loss" in r]
+        if val:
+            ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o--", color=color,
+                    label=f"{label}validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("next-token loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_maxvio(runs: dict[str, list[dict]], ax=None):
+    """Mean MaxVio over MoE layers against training step, one line per run."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    for name, hist in runs.items():
+        ax.plot([r["step"] for r in hist], [sum(r["maxvio"]) / max(len(r["maxvio"]), 1) for r in hist], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MaxVio (mean over MoE layers)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_expert_load(loads: list[torch.Tensor], ax=None, title: str = "tokens per expert (last step)"):
+    """Heatmap: MoE layer x expert, share of routed tokens (1/E = perfectly balanced)."""
+    mat = torch.stack([l.float() / l.sum().clamp_min(1) for l in loads]).numpy()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 0.6 + 0.45 * len(loads)))
+    im = ax.imshow(mat, aspect="auto", cmap="viridis")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_yticks(range(len(loads)))
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="share of routed tokens")
+    return fig

@@ -1,0 +1,130 @@
+"""Trainer, checkpoints, exact resume, divergence handling, and decoding."""
+import json
+
+import pytest
+import torch
+
+from dsv3_edu.config import ModelConfig
+from dsv3_edu.data import TokenDataset
+from dsv3_edu.generate import generate, sample_next, speculative_generate
+from dsv3_edu.train import TrainConfig, TrainingDiverged, load_model, lr_at, train
+
+MODEL = dict(vocab_size=64, dim=32, n_layers=2, n_dense_layers=1, inter_dim=64, n_heads=2, q_lora_rank=16,
+             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_seq_len=64,
+             moe_inter_dim=16, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, n_expert_groups=2,
+             n_limited_groups=1, init_std=0.02)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    # a learnable stream: a repeating pattern with noise
+    g = torch.Generator().manual_seed(0)
+    base = torch.arange(4000) % 17 + (torch.rand(4000, generator=g) < 0.1).long() * 20
+    return TokenDataset(base[:3600].int(), base[3600:].int())
+
+
+def tc(tmp_path=None, **kw) -> TrainConfig:
+    d = dict(steps=12, batch_size=4, seq_len=16, warmup_steps=2, eval_every=6, eval_batches=2, log_every=1,
+             save_every=6, lr=3e-3, out_dir=str(tmp_path) if tmp_path else None, plots=False, model_overrides={})
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def cfg(**kw) -> ModelConfig:
+    return ModelConfig(**{**MODEL, **kw})
+
+
+def test_lr_schedule():
+    c = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(10, c) == pytest.approx(1.0) and lr_at(100, c) == pytest.approx(0.1)
+    assert lr_at(55, c) == pytest.approx(0.55)
+
+
+def test_training_learns_and_logs(tmp_path, dataset):
+    res = train(tc(tmp_path, steps=40, eval_every=20), dataset=dataset, progress=False, model_cfg=cfg())
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and rows[-1]["step"] == 40
+    assert rows[-1]["main_loss"] < rows[0]["main_loss"] - 1.0
+    assert {"lr", "mtp_loss", "maxvio", "bias_min", "bias_max", "tokens_per_s"} <= set(rows[0])
+    assert len(rows[0]["maxvio"]) == 2                      # one MoE layer + the MTP block's MoE
+    assert rows[-1]["bias_max"] > 0 > rows[-1]["bias_min"]  # the aux-loss-free biases moved
+    assert res.final_val_loss == rows[-1]["val_loss"]
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_resume_is_exact(tmp_path, dataset):
+    full = train(tc(tmp_path / "a"), dataset=dataset, progress=False, model_cfg=cfg())
+    part = train(tc(tmp_path / "b", save_every=100), dataset=dataset, progress=False, model_cfg=cfg(), stop_after=7)
+    assert part.history[-1]["step"] == 7
+    resumed = train(tc(tmp_path / "b", steps=12), dataset=dataset, progress=False, resume=tmp_path / "b")
+    losses = lambda h: [r["loss"] for r in h]  # noqa: E731
+    assert losses(resumed.history) == losses(full.history)
+    for (k, v), (k2, v2) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, v2), k
+    loaded = load_model(tmp_path / "b")
+    assert torch.equal(loaded.layers[1].ffn.gate.bias, full.model.layers[1].ffn.gate.bias)
+    assert loaded.layers[1].ffn.gate.bias.abs().sum() > 0
+
+
+def test_divergence_stops_clearly_and_keeps_checkpoint(tmp_path, dataset):
+    train(tc(tmp_path), dataset=dataset, progress=False, model_cfg=cfg(), stop_after=6)
+    before = (tmp_path / "checkpoint" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(tc(tmp_path, lr=1e12, warmup_steps=1, save_every=100), dataset=dataset, progress=False, model_cfg=cfg())
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_bad_configs(dataset):
+    with pytest.raises(ValueError, match="seq_len"):
+        train(tc(seq_len=128), dataset=dataset, progress=False, model_cfg=cfg())
+    with pytest.raises(ValueError, match="steps"):
+        train(tc(steps=0), dataset=dataset, progress=False, model_cfg=cfg())
+    with pytest.raises(FileNotFoundError):
+        train(tc(), dataset=dataset, resume="/nonexistent")
+
+
+def test_seeded_runs_repeat(dataset):
+    a = train(tc(steps=5), dataset=dataset, progress=False, model_cfg=cfg())
+    b = train(tc(steps=5), dataset=dataset, progress=False, model_cfg=cfg())
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+
+
+# ----------------------------------------------------------------------------- decoding
+@pytest.fixture(scope="module")
+def trained(dataset):
+    return train(tc(steps=60, lr=5e-3), dataset=dataset, progress=False, model_cfg=cfg()).model
+
+
+def test_cached_generation_equals_uncached(trained):
+    prompt = torch.tensor([[1, 2, 3, 4, 5]])
+    a = generate(trained, prompt, 20, temperature=0)
+    b = generate(trained, prompt, 20, temperature=0, use_cache=False)
+    c = generate(trained, prompt, 20, temperature=0, attn_mode="naive")
+    assert torch.equal(a, b) and torch.equal(a, c) and a.shape == (1, 25)
+
+
+def test_sampling_is_seeded(trained):
+    prompt = torch.tensor([[1, 2, 3]])
+    a = generate(trained, prompt, 15, temperature=1.0, top_k=10, seed=3)
+    b = generate(trained, prompt, 15, temperature=1.0, top_k=10, seed=3)
+    assert torch.equal(a, b)
+
+
+def test_top_k_top_p_restrict_support():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) == {2, 3}
+    assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) == {3}   # p(3) = 0.64 > 0.5
+    with pytest.raises(ValueError):
+        sample_next(logits, -1.0)
+
+
+def test_speculative_mtp_equals_greedy(trained):
+    for prompt in (torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5]]), torch.tensor([[16, 0, 1, 2, 3, 4, 5, 6]])):
+        plain = generate(trained, prompt, 40, temperature=0)
+        spec, st = speculative_generate(trained, prompt, 40)
+        assert torch.equal(plain, spec)
+        assert st.drafted > 0 and 0 <= st.accepted <= st.drafted
+        assert st.main_forwards < 40 + 1 or st.accepted == 0
+    assert st.acceptance_rate > 0.3   # the pattern is learnable: the drafter must be right often
