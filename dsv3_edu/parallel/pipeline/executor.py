@@ -295,6 +295,10 @@ def _spawn_entry(rank: int, world_size: int, port: int, backend: str, timeout_s:
                  kwargs) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")            # keep gloo's traffic on the loopback device
+    os.environ["LOCAL_RANK"] = str(rank)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
     torch.set_num_threads(1)                                     # P processes share the cores
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
     try:
