@@ -1,7 +1,7 @@
 """The trainer: AdamW, warmup + cosine, gradient clipping, the aux-loss-free bias update every step, MTP,
 safetensors checkpoints with exact resume, JSONL metrics and plots.
 
-    python -m dsv3_edu train --preset tiny --steps 400        # the default run, minutes on a laptop CPU
+    python -m dsv3_edu train --preset tiny --steps 300        # the default run, minutes on a laptop CPU
     python -m dsv3_edu train --resume runs/tiny               # continue the same run exactly
 
 From Python (what the notebooks use)::
@@ -31,7 +31,7 @@ from .runtime import autocast, get_device, seed_everything
 class TrainConfig:
     preset: str = "tiny"                  # model preset or config JSON path
     model_overrides: dict = field(default_factory=dict)   # e.g. {"n_mtp": 0, "balance": "aux_loss"}
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 16
     seq_len: int = 128
     grad_accum: int = 1

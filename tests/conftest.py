@@ -1,6 +1,8 @@
 """Shared pytest fixtures and hooks (keep small)."""
 import pytest
 
+import dsv3_edu  # noqa: F401  (first: sets TRITON_INTERPRET on CPU-only machines before triton is imported)
+
 _NOTEBOOK_TIMES = pytest.StashKey[dict]()
 
 
