@@ -304,6 +304,7 @@ def _spawn_entry(rank: int, world_size: int, port: int, backend: str, timeout_s:
     try:
         result = fn(rank, world_size, *args, **kwargs)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears the group down while another is still joining
     finally:
         dist.destroy_process_group()
 
