@@ -1,0 +1,122 @@
+"""The ablation runner: equal-compute variants over seeds, the dense model matched in activated params."""
+import pytest
+import torch
+
+from dsv3_edu.accounting import param_counts
+from dsv3_edu.config import get_config
+from dsv3_edu.data import TokenDataset
+from dsv3_edu.experiments import (Variant, format_table, matched_dense_inter_dim, matched_dense_overrides,
+                                  mean_histories, run_ablation, summarize, variant_train_config)
+from dsv3_edu.train import TrainConfig
+
+SMALL = dict(vocab_size=64, dim=32, n_layers=2, n_dense_layers=1, inter_dim=64, n_heads=2, q_lora_rank=16,
+             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_seq_len=64,
+             moe_inter_dim=16, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, n_expert_groups=2,
+             n_limited_groups=1, init_std=0.02)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    g = torch.Generator().manual_seed(0)
+    base = torch.arange(4000) % 17 + (torch.rand(4000, generator=g) < 0.1).long() * 20
+    return TokenDataset(base[:3600].int(), base[3600:].int())
+
+
+def base_tc(**kw) -> TrainConfig:
+    d = dict(preset="nano", model_overrides=dict(SMALL), steps=4, batch_size=2, seq_len=16, warmup_steps=1,
+             eval_every=2, eval_batches=1, log_every=1, lr=3e-3, out_dir=None, plots=False)
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+@pytest.mark.parametrize("preset", ["nano", "tiny"])
+def test_matched_dense_inter_dim_matches_activated_params(preset):
+    cfg = get_config(preset)
+    inter = matched_dense_inter_dim(cfg)
+    target = param_counts(cfg)["activated_params"]
+    dense = lambda i: param_counts(cfg.replace(n_dense_layers=cfg.n_layers, inter_dim=i))["total_params"]  # noqa: E731
+    # closest integer: no neighbour is closer, and the gap is at most half a step of 3 * dim * n_layers
+    assert abs(dense(inter) - target) <= abs(dense(inter - 1) - target)
+    assert abs(dense(inter) - target) <= abs(dense(inter + 1) - target)
+    assert abs(dense(inter) - target) <= 3 * cfg.dim * cfg.n_layers / 2
+    assert matched_dense_overrides(cfg) == {"n_dense_layers": cfg.n_layers, "inter_dim": inter}
+
+
+def test_matched_dense_known_values():
+    # nano: 2,548,896 activated; every layer dense at 258 gives 2,549,152 (the gate makes it non-integer)
+    assert matched_dense_inter_dim(get_config("nano")) == 258
+    assert matched_dense_inter_dim(get_config("tiny")) == 676
+
+
+def test_matched_dense_needs_moe_layers():
+    cfg = get_config("nano", n_dense_layers=3)
+    with pytest.raises(ValueError, match="MoE layers"):
+        matched_dense_inter_dim(cfg)
+
+
+def test_variant_train_config_merges_and_rejects():
+    base = base_tc(model_overrides={"n_mtp": 1, "dim": 32})
+    tc = variant_train_config(base, {"n_mtp": 0}, seed=7)
+    assert tc.model_overrides == {"n_mtp": 0, "dim": 32} and tc.seed == 7 and tc.out_dir is None
+    assert base.model_overrides == {"n_mtp": 1, "dim": 32}, "the base config must not be mutated"
+    tc = variant_train_config(base, Variant(model={"fp8": True}, train={"lr": 1e-3}), seed=0)
+    assert tc.lr == 1e-3 and tc.model_overrides["fp8"] is True
+    with pytest.raises(ValueError, match="n_mpt"):
+        variant_train_config(base, {"n_mpt": 0}, seed=0)
+    with pytest.raises(ValueError, match="stepz"):
+        variant_train_config(base, Variant(train={"stepz": 3}), seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        variant_train_config(base, Variant(train={"seed": 3}), seed=0)
+    with pytest.raises(ValueError, match="variant"):
+        variant_train_config(base, ["n_mtp", 0], seed=0)
+
+
+def test_run_ablation_rows_summary_and_histories(dataset, capsys):
+    variants = {"moe": {}, "no mtp": {"n_mtp": 0}}
+    rows = run_ablation(base_tc(), variants, seeds=(0, 1), dataset=dataset, keep_models=True)
+    assert [(r.variant, r.seed) for r in rows] == [("moe", 0), ("no mtp", 0), ("moe", 1), ("no mtp", 1)]
+    assert "no mtp" in capsys.readouterr().out
+    for r in rows:
+        assert r.tokens == 4 * 2 * 16, "every variant sees the same tokens"
+        assert r.final_val_loss == r.history[-1]["val_loss"] and r.tokens_per_s > 0
+        assert r.result is not None and (r.result.model.cfg.n_mtp == (0 if r.variant == "no mtp" else 1))
+    assert rows[0].final_val_loss != rows[2].final_val_loss, "different seeds give different runs"
+    # the same seed is reproducible
+    again = run_ablation(base_tc(), {"moe": {}}, seeds=(0,), dataset=dataset, verbose=False)
+    assert again[0].final_val_loss == pytest.approx(rows[0].final_val_loss, abs=1e-6)
+
+    summary = summarize(rows)
+    assert [s["variant"] for s in summary] == ["moe", "no mtp"]
+    moe = summary[0]
+    assert moe["val_loss"] == pytest.approx((rows[0].final_val_loss + rows[2].final_val_loss) / 2)
+    assert moe["val_spread"] == pytest.approx(abs(rows[0].final_val_loss - rows[2].final_val_loss) / 2)
+    assert moe["delta_vs_reference"] == 0
+    assert summary[1]["delta_vs_reference"] == pytest.approx(summary[1]["val_loss"] - moe["val_loss"])
+    assert moe["paired_deltas"] == {0: 0.0, 1: 0.0}
+    assert summary[1]["paired_deltas"][1] == pytest.approx(rows[3].final_val_loss - rows[2].final_val_loss)
+    assert summary[1]["paired_deltas"][0] == pytest.approx(rows[1].final_val_loss - rows[0].final_val_loss)
+    assert summary[1]["total_params"] == param_counts(get_config("nano", **SMALL))["total_params"]
+    other = summarize(rows, reference="no mtp")
+    assert other[1]["delta_vs_reference"] == 0
+    with pytest.raises(ValueError, match="missing"):
+        summarize(rows, reference="missing")
+    table = format_table(summary)
+    assert "no mtp" in table and f"{summary[1]['val_loss']:.4f}" in table
+
+    hist = mean_histories(rows)
+    assert list(hist) == ["moe", "no mtp"] and len(hist["moe"]) == 4
+    last = hist["moe"][-1]
+    assert last["val_loss"] == pytest.approx(moe["val_loss"])
+    assert last["main_loss"] == pytest.approx((rows[0].history[-1]["main_loss"] + rows[2].history[-1]["main_loss"]) / 2)
+    assert "val_loss" not in hist["moe"][0], "step 1 is not an eval step"
+
+
+def test_run_ablation_checks_before_training(dataset):
+    with pytest.raises(ValueError, match="at least one variant"):
+        run_ablation(base_tc(), {}, dataset=dataset)
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation(base_tc(), {"a": {}}, seeds=(), dataset=dataset)
+    with pytest.raises(ValueError, match="seeds"):
+        run_ablation(base_tc(), {"a": {}}, seeds=(1, 1), dataset=dataset)
+    with pytest.raises(ValueError, match="n_activated_experts"):   # a bad model config fails before any run
+        run_ablation(base_tc(), {"a": {}, "bad": {"n_activated_experts": 99}}, dataset=dataset)
