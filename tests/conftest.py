@@ -1,5 +1,6 @@
 """Shared pytest fixtures and hooks (keep small)."""
 import pytest
+import torch
 
 import dsv3_edu  # noqa: F401  (first: sets TRITON_INTERPRET on CPU-only machines before triton is imported)
 
@@ -23,3 +24,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for name, seconds in sorted(times.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"{seconds:8.1f} s  {name}")
         terminalreporter.write_line(f"{sum(times.values()):8.1f} s  total")
+
+
+# A model small enough for trainer tests: every feature (MLA with q compression, MoE with groups, MTP) at toy size.
+TOY_MODEL = dict(vocab_size=64, dim=32, n_layers=2, n_dense_layers=1, inter_dim=64, n_heads=2, q_lora_rank=16,
+                 kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_seq_len=64,
+                 moe_inter_dim=16, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, n_expert_groups=2,
+                 n_limited_groups=1, init_std=0.02)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    """A learnable token stream (a repeating pattern with noise), split 3600 / 400."""
+    from dsv3_edu.data import TokenDataset
+    g = torch.Generator().manual_seed(0)
+    base = torch.arange(4000) % 17 + (torch.rand(4000, generator=g) < 0.1).long() * 20
+    return TokenDataset(base[:3600].int(), base[3600:].int())

@@ -3,24 +3,13 @@ import json
 
 import pytest
 import torch
+from conftest import TOY_MODEL
 
 from dsv3_edu.config import ModelConfig
-from dsv3_edu.data import TokenDataset
 from dsv3_edu.generate import generate, sample_next, speculative_generate
 from dsv3_edu.train import TrainConfig, TrainingDiverged, load_model, lr_at, train
 
-MODEL = dict(vocab_size=64, dim=32, n_layers=2, n_dense_layers=1, inter_dim=64, n_heads=2, q_lora_rank=16,
-             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_seq_len=64,
-             moe_inter_dim=16, n_routed_experts=4, n_shared_experts=1, n_activated_experts=2, n_expert_groups=2,
-             n_limited_groups=1, init_std=0.02)
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    # a learnable stream: a repeating pattern with noise
-    g = torch.Generator().manual_seed(0)
-    base = torch.arange(4000) % 17 + (torch.rand(4000, generator=g) < 0.1).long() * 20
-    return TokenDataset(base[:3600].int(), base[3600:].int())
+MODEL = TOY_MODEL
 
 
 def tc(tmp_path=None, **kw) -> TrainConfig:
