@@ -10,7 +10,6 @@ from pathlib import Path
 
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
-    from .generate import generate
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                         if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
     if args.set:
@@ -45,7 +44,7 @@ def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None
 def _generate(args) -> int:
     import torch
     from .data import load_tokenizer
-    from .generate import fim_prompt, generate, speculative_generate
+    from .generate import compare_speculative, fim_prompt, generate
     from .train import load_model
     try:
         model = load_model(args.ckpt, args.device or "cpu")
@@ -59,17 +58,12 @@ def _generate(args) -> int:
         ids = tok.encode(args.prompt)
     prompt = torch.tensor([ids], device=next(model.parameters()).device)
     if args.speculative == "mtp":
-        import time
-        t0 = time.perf_counter()
-        plain = generate(model, prompt, args.max_new_tokens, temperature=0)
-        t_plain = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out, st = speculative_generate(model, prompt, args.max_new_tokens)
-        t_spec = time.perf_counter() - t0
-        print(tok.decode(out[0].tolist()))
+        r = compare_speculative(model, prompt, args.max_new_tokens)
+        st = r["stats"]
+        print(tok.decode(r["tokens"][0].tolist()))
         print(f"\n[speculative mtp] acceptance rate {st.acceptance_rate:.1%} ({st.accepted}/{st.drafted}), "
-              f"{st.tokens_per_forward:.2f} tokens per main forward, speed-up {t_plain / t_spec:.2f}x "
-              f"({t_plain:.2f}s plain greedy vs {t_spec:.2f}s); identical to greedy: {torch.equal(plain, out)}")
+              f"{st.tokens_per_forward:.2f} tokens per main forward, speed-up {r['speedup']:.2f}x "
+              f"({r['plain_s']:.2f}s plain greedy vs {r['speculative_s']:.2f}s); identical to greedy: {r['identical']}")
         return 0
     out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, eos_id=tok.eos_id)

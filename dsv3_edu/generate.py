@@ -104,8 +104,7 @@ def speculative_generate(model: Transformer, prompt: torch.Tensor, max_new_token
     model.eval()
     T0 = prompt.size(1)
     total = min(T0 + max_new_tokens, model.cfg.max_seq_len)
-    cache = model.new_cache(1, total + 1, mtp=True) if total + 1 <= model.cfg.max_seq_len else \
-        model.new_cache(1, total, mtp=True)
+    cache = model.new_cache(1, min(total + 1, model.cfg.max_seq_len), mtp=True)
     # prefill: the main model predicts t_{T0}; MTP row i sees (h_i, t_{i+1}) and predicts t_{i+2}
     out = model(prompt, cache=cache, attn_mode=attn_mode)
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)                            # (1, 1)
@@ -150,11 +149,11 @@ def compare_speculative(model: Transformer, prompt: torch.Tensor, max_new_tokens
     t_spec = time.perf_counter() - t0
     return {"identical": torch.equal(plain, spec), "acceptance_rate": stats.acceptance_rate,
             "tokens_per_forward": stats.tokens_per_forward, "plain_s": t_plain, "speculative_s": t_spec,
-            "speedup": t_plain / t_spec, "new_tokens": spec.size(1) - prompt.size(1)}
+            "speedup": t_plain / t_spec, "new_tokens": spec.size(1) - prompt.size(1), "tokens": spec,
+            "stats": stats}
 
 
 def fim_prompt(tokenizer, prefix: str, suffix: str) -> list[int]:
     """PSM infilling prompt: <|fim_begin|>prefix<|fim_hole|>suffix<|fim_end|>; the model writes the middle."""
     from .data import psm_tokens
-    ids = psm_tokens(tokenizer.encode(prefix), [], tokenizer.encode(suffix), tokenizer)
-    return ids
+    return psm_tokens(tokenizer.encode(prefix), [], tokenizer.encode(suffix), tokenizer)
