@@ -1,8 +1,11 @@
 """Shared pytest fixtures and hooks (keep small)."""
 import contextlib
+import os
 
 import pytest
 import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")   # figures are drawn, never shown
 
 # The FP8 Triton kernels module is the one place that chooses TRITON_INTERPRET (the CPU interpreter when there is
 # no GPU); that only works before triton is imported, and transformers (test_accounting_hf) imports triton. So
