@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, fields, replace
 
-from .accounting import param_counts
+from .accounting import format_count, param_counts
 from .config import ModelConfig
 from .train import TrainConfig, TrainResult, load_data, train
 
@@ -179,7 +179,7 @@ def format_table(summary: list[dict]) -> str:
         spread = f" ± {s['val_spread']:.3f}" if s["val_spread"] is not None else ""
         lines.append(f"{s['variant']:<{w}}  {s['seeds']:>5}  {s['val_loss']:>8.4f}{spread:<8}  "
                      f"{s['delta_vs_reference']:>+8.4f}  {s['tokens_per_s']:>7,.0f}  "
-                     f"{_short(s['activated_params']):>9}  {_short(s['total_params']):>9}")
+                     f"{format_count(s['activated_params']):>9}  {format_count(s['total_params']):>9}")
     return "\n".join(lines)
 
 
@@ -213,10 +213,3 @@ def mean_histories(rows: list[RunRow]) -> dict[str, list[dict]]:
     ``dsv3_edu.viz.training.plot_loss_curves(runs=...)``."""
     names = dict.fromkeys(r.variant for r in rows)
     return {name: mean_history([r.history for r in rows if r.variant == name]) for name in names}
-
-
-def _short(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)

@@ -3,13 +3,10 @@ import json
 
 import pytest
 import torch
-from conftest import TOY_MODEL
+from conftest import toy_config
 
-from dsv3_edu.config import ModelConfig
 from dsv3_edu.generate import generate, sample_next, speculative_generate
 from dsv3_edu.train import TrainConfig, TrainingDiverged, load_model, lr_at, train
-
-MODEL = TOY_MODEL
 
 
 def tc(tmp_path=None, **kw) -> TrainConfig:
@@ -19,8 +16,7 @@ def tc(tmp_path=None, **kw) -> TrainConfig:
     return TrainConfig(**d)
 
 
-def cfg(**kw) -> ModelConfig:
-    return ModelConfig(**{**MODEL, **kw})
+cfg = toy_config
 
 
 def test_lr_schedule():
