@@ -643,3 +643,24 @@ def test_cli_build(text_dir, tmp_path, capsys):
     summary = json.loads(printed[printed.index("{"):])
     assert summary["corpus"]["files"] == 20 and summary["vocab_size"] == 8192
     assert (out / "manifest.json").is_file()
+
+
+def test_data_modules_import_no_cycle():
+    """dsv3_edu.data's modules import each other as a DAG (build.py used to be imported back by tokenizer.py)."""
+    import ast
+    from pathlib import Path
+
+    import dsv3_edu.data as pkg
+    folder = Path(pkg.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):  # lazy imports inside functions too
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+        graph[f.stem] = deps
+    assert graph["tokenizer"] == {"corpus"} and "build" in graph["__init__"]
+
+    def reaches(a, b, seen=()):
+        return any(d == b or (d not in seen and reaches(d, b, (*seen, d))) for d in graph.get(a, ()))
+    assert not [m for m in graph if reaches(m, m)]
