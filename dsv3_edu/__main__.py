@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -12,10 +11,8 @@ def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                         if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
-    if args.set:
-        tc.model_overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
-                              for k, v in (kv.split("=", 1) for kv in args.set)}
     try:
+        tc.model_overrides = _parse_set(args.set or [])
         res = train(tc, resume=args.resume)
     except (TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -27,6 +24,18 @@ def _train(args) -> int:
     if args.samples:
         _print_samples(res.model, args.samples)
     return 0
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``--set FIELD=VALUE ...`` -> {field: value}, each VALUE parsed by the field's type (see config.parse_field)."""
+    from .config import parse_field
+    out = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ValueError(f"--set {kv}: expected FIELD=VALUE, e.g. n_mtp=0 or balance=aux_loss")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = parse_field(k.strip(), v)
+    return out
 
 
 def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
