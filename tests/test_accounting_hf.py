@@ -77,3 +77,58 @@ def test_hf_export_refuses_what_hf_cannot_express():
         to_hf_config(parity_cfg().replace(score_func="softmax"))
     with pytest.raises(FileNotFoundError):
         load_hf("/nonexistent/dir")
+
+
+@pytest.mark.parametrize("balance", ["none", "aux_loss"])
+def test_hf_export_of_a_gate_that_ignores_its_bias_is_exact(tmp_path, balance):
+    """balance 'none' / 'aux_loss' choose experts without the bias; transformers always adds it: the export
+    writes a zero bias, so a stale non-zero bias buffer cannot change the routing (it did: logits off by 1.4)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(parity_cfg().replace(balance=balance, n_mtp=0)).eval()
+    for layer in ours.layers[1:]:
+        layer.ffn.gate.bias.normal_(0, 0.5)    # large enough to change the choice if it were used
+    save_hf(ours, tmp_path / "ours")
+    theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    x = torch.randint(0, 512, (2, 40))
+    with torch.no_grad():
+        assert (ours(x).logits - theirs(x).logits).abs().max().item() < 1e-4
+        with_bias = ours.cfg.replace(balance="aux_free")   # the same weights routed with the bias differ
+        ours_biased = Transformer(with_bias).eval()
+        ours_biased.load_state_dict(ours.state_dict())
+        assert (ours_biased(x).logits - theirs(x).logits).abs().max().item() > 1e-3
+
+
+def _yarn_hf_config(**rope) -> dict:
+    d = to_hf_config(parity_cfg(max_seq_len=8192))
+    d["rope_parameters"].update(rope)
+    return d
+
+
+def test_load_hf_yarn_mscale_refused_unless_exact():
+    from dsv3_edu.hf import from_hf_config
+    assert from_hf_config(_yarn_hf_config(mscale=0.707, mscale_all_dim=0.707)).mscale == 0.707
+    with pytest.raises(ValueError, match="mscale_all_dim"):
+        from_hf_config(_yarn_hf_config(mscale=1.0, mscale_all_dim=0.707))
+    with pytest.raises(ValueError, match="attention_factor"):   # no mscale_all_dim: transformers scales RoPE only
+        d = _yarn_hf_config()
+        del d["rope_parameters"]["mscale_all_dim"]
+        from_hf_config(d)
+
+
+def test_load_hf_yarn_unequal_mscale_would_differ(tmp_path):
+    """Why the refusal: transformers with mscale != mscale_all_dim gives other logits than one mscale."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(parity_cfg(max_seq_len=8192).replace(n_mtp=0)).eval()
+    save_hf(ours, tmp_path / "m")
+    cfg_file = tmp_path / "m" / "config.json"
+    d = json.loads(cfg_file.read_text())
+    d["rope_parameters"].update(mscale=1.0, mscale_all_dim=0.707)
+    cfg_file.write_text(json.dumps(d))
+    theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    x = torch.randint(0, 512, (1, 40))
+    with torch.no_grad():
+        assert (ours(x).logits - theirs(x).logits).abs().max().item() > 1e-3
+    with pytest.raises(ValueError, match="mscale"):
+        load_hf(tmp_path / "m")
