@@ -146,7 +146,7 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         """Read our own config JSON (a missing key takes our default) or one of DeepSeek's reference configs
-        (``config_671B.json``, ``config_v3.1.json``: recognised by their ``dtype`` key; see :meth:`from_reference`).
+        (``config_671B.json``, ``config_v3.1.json``, ...: see :func:`is_reference_config` and :meth:`from_reference`).
         Errors name the file: missing, not JSON, not an object, an unknown key or a bad value."""
         path = Path(path)
         if not path.is_file():
@@ -158,7 +158,9 @@ class ModelConfig:
         if not isinstance(d, dict):
             raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(d).__name__}")
         try:
-            return cls.from_reference(d) if is_reference_config(d) else cls.from_dict(d)
+            if is_reference_config(d):
+                return cls.from_reference(d)
+            return cls.from_dict({k: v for k, v in d.items() if k not in _REFERENCE_ONLY_KEYS})
         except (TypeError, ValueError) as e:
             raise ValueError(f"config file {path}: {e}") from None
 
@@ -235,8 +237,12 @@ _REFERENCE_ONLY_KEYS = {"dtype", "max_batch_size"}
 
 
 def is_reference_config(d: dict) -> bool:
-    """True for a dict in the reference's format: it has ``dtype`` and only ModelArgs keys."""
-    return "dtype" in d and set(d) <= set(_REFERENCE_DEFAULTS) | _REFERENCE_ONLY_KEYS
+    """True for a dict in the format of DeepSeek's ``inference/configs``: only ModelArgs keys (none of our own,
+    which every config this package saves has), and ``dtype`` or the model's sizes (``config_16B.json`` has no
+    dtype). A short hand-written file such as ``{"dim": 64}`` stays ours: its missing keys take our defaults."""
+    keys = set(d)
+    return (keys <= set(_REFERENCE_DEFAULTS) | _REFERENCE_ONLY_KEYS
+            and ("dtype" in keys or {"vocab_size", "dim", "n_layers", "n_heads"} <= keys))
 
 
 def _deepseek_v3() -> ModelConfig:

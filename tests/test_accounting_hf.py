@@ -132,3 +132,40 @@ def test_load_hf_yarn_unequal_mscale_would_differ(tmp_path):
         assert (ours(x).logits - theirs(x).logits).abs().max().item() > 1e-3
     with pytest.raises(ValueError, match="mscale"):
         load_hf(tmp_path / "m")
+
+
+REF_CONFIGS = __import__("pathlib").Path(__file__).parent / "data" / "deepseek_v3_configs"
+
+
+def test_reference_config_builds_what_the_reference_builds(tmp_path):
+    """config_671B.json leaves max_seq_len out: the reference's ModelArgs default 4096 * 4 applies, so YaRN is on."""
+    from dsv3_edu.model import yarn_mscale
+    cfg = ModelConfig.load(REF_CONFIGS / "config_671B.json")
+    assert cfg.max_seq_len == 16384 and cfg.original_seq_len == 4096 and cfg.max_seq_len > cfg.original_seq_len
+    assert cfg == PRESETS["deepseek-v3"]                  # the preset = the reference config + MTP D=1 (report)
+    assert cfg.scale_fmt is None and cfg.fp8 is False     # dtype "fp8" is the reference's weight storage
+    with torch.device("meta"):
+        attn = Transformer(cfg.replace(n_layers=1, n_dense_layers=1, n_mtp=0)).layers[0].attn
+    assert attn.softmax_scale == pytest.approx((128 + 64) ** -0.5 * yarn_mscale(40.0, 1.0) ** 2)
+    # round trip: our JSON of it loads back equal
+    cfg.save(tmp_path / "ours.json")
+    assert ModelConfig.load(tmp_path / "ours.json") == cfg
+    # later configs: scale_fmt "ue8m0" is kept, not dropped
+    v31 = ModelConfig.load(REF_CONFIGS / "config_v3.1.json")
+    assert v31.scale_fmt == "ue8m0" and v31.replace(scale_fmt=None) == cfg
+    assert ModelConfig.load(tmp_path / "ours.json").replace(scale_fmt="ue8m0") == v31
+    # config_16B (no dtype key): the absent keys take ModelArgs defaults (softmax routing, 1 group, mscale 0.707)
+    c16 = ModelConfig.load(REF_CONFIGS / "config_16B.json")
+    assert (c16.score_func, c16.n_expert_groups, c16.n_limited_groups, c16.mscale, c16.max_seq_len) == \
+        ("softmax", 1, 1, 0.707, 16384)
+
+
+def test_reference_config_unknown_key_is_named(tmp_path):
+    d = json.loads((REF_CONFIGS / "config_671B.json").read_text())
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps({**d, "n_dense_layer": 3}))   # a typo: not a reference key, so read as ours
+    with pytest.raises(ValueError, match="n_dense_layer"):
+        ModelConfig.load(p)
+    p.write_text(json.dumps({**d, "scale_fmt": "e5m2"}))
+    with pytest.raises(ValueError, match="scale_fmt.*ue8m0"):
+        ModelConfig.load(p)

@@ -84,7 +84,7 @@ def round_scale_ue8m0(s: torch.Tensor) -> torch.Tensor:
 def amax_to_scale(amax: torch.Tensor, fmt: str = "e4m3", amax_eps: float = AMAX_EPS,
                   scale_fmt: str | None = None) -> torch.Tensor:
     """scale = max(amax, amax_eps) / fp8_max in float32 (the largest |x| of the group maps to 448 for E4M3);
-    with ``scale_fmt="ue8m0"`` rounded up to a power of two (the largest |x| then maps into (224, 448])."""
+    with ``scale_fmt="ue8m0"`` rounded up to a power of two (the largest |x| then maps into [224, 448])."""
     check_scale_args(fmt, amax_eps, scale_fmt)
     s = amax.float().clamp(min=amax_eps) / fp8_max(fmt)
     return round_scale_ue8m0(s) if scale_fmt == "ue8m0" else s
