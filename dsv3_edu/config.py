@@ -285,6 +285,8 @@ def get_config(name_or_path: str | Path, **overrides) -> ModelConfig:
         cfg = PRESETS[key]
     elif Path(key).is_file():
         cfg = ModelConfig.load(key)
+    elif key.endswith(".json") or "/" in key or "\\" in key:
+        raise ValueError(f"config file {key!r} not found (presets: {', '.join(PRESETS)})")
     else:
         raise ValueError(f"unknown preset or missing config file {key!r}; presets: {', '.join(PRESETS)}")
     return cfg.replace(**overrides) if overrides else replace(cfg)
