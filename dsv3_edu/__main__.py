@@ -27,6 +27,9 @@ def _train(args) -> int:
         tc.model_overrides = _parse_set(args.set or [])
         if args.resume is not None and not Path(args.resume).exists():
             raise FileNotFoundError(f"--resume {args.resume}: no such run folder")
+        if args.resume is not None and (args.set or args.preset):
+            raise ValueError("--resume continues a run with the model config saved in it; "
+                             "--preset / --set would build another model (start a new run instead)")
         res = train(tc, resume=args.resume)
     except (TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -34,7 +37,8 @@ def _train(args) -> int:
     print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
     if res.out_dir:
-        print(f"checkpoint, metrics.jsonl, loss.png, expert_load.png in {res.out_dir}")
+        pictures = _save_training_plots(res) if tc.plots else []
+        print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
         _print_samples(res.model, args.samples)
     return 0
@@ -52,8 +56,19 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _save_training_plots(res) -> list[str]:
+    """loss.png and expert_load.png in the run folder (the library draws, the command line writes files)."""
+    from .viz.training import plot_expert_load, plot_loss_curves
+    plot_loss_curves(res.history).savefig(res.out_dir / "loss.png", dpi=110, bbox_inches="tight")
+    if not res.expert_loads:
+        return ["loss.png"]
+    plot_expert_load(res.expert_loads).savefig(res.out_dir / "expert_load.png", dpi=110, bbox_inches="tight")
+    return ["loss.png", "expert_load.png"]
+
+
 def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
     import torch
+
     from .data import load_tokenizer
     from .generate import generate
     tok = load_tokenizer()

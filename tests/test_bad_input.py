@@ -209,3 +209,71 @@ def test_good_input_still_works(capsys, toy_ckpt):
     assert capsys.readouterr().out.startswith("def ")                    # the default prompt, continued
     assert cli(["accounting", "--preset", "tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kv_cache_elements_per_token_per_layer"] == 96
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _truncate(f):
+    b = f.read_bytes()
+    f.write_bytes(b[: len(b) // 2])
+
+
+def _nan_weight(f):
+    from safetensors.torch import load_file
+    sd = load_file(str(f))
+    sd["norm.weight"][0] = float("nan")
+    save_file(sd, str(f))
+
+
+def _other_config(f):
+    ModelConfig(**{**TOY_MODEL, "vocab_size": 8192, "dim": 64}).save(f.parent / "config.json")
+
+
+def _unknown_key(f):
+    c = f.parent / "config.json"
+    c.write_text(json.dumps({**json.loads(c.read_text()), "n_expertz": 3}))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (_truncate, ["model.safetensors", "corrupt or truncated"]),
+    (lambda f: f.write_bytes(b"not safetensors"), ["model.safetensors", "corrupt or truncated"]),
+    (_other_config, ["model.safetensors", "does not fit its config.json", "wrong shape"]),
+    (_nan_weight, ["model.safetensors", "NaN", "norm.weight"]),
+    (_unknown_key, ["config.json", "n_expertz"]),
+])
+def test_generate_bad_checkpoint(capsys, toy_ckpt, damage, words):
+    damage(toy_ckpt / "model.safetensors")
+    exits_with_error(capsys, cli, ["generate", "--ckpt", str(toy_ckpt)], *words)
+
+
+@pytest.fixture
+def run_dir(tmp_path, dataset):
+    """A 2-step toy run with a full checkpoint (weights, configs, train_state.pt)."""
+    from dsv3_edu.train import TrainConfig, train
+    tc = TrainConfig(steps=2, batch_size=2, seq_len=16, warmup_steps=1, eval_batches=1, log_every=1, save_every=2,
+                     out_dir=str(tmp_path / "run"), plots=False)
+    train(tc, dataset=dataset, progress=False, model_cfg=ModelConfig(**TOY_MODEL))
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("model.safetensors", _truncate, ["model.safetensors", "corrupt or truncated"]),
+    ("train_state.pt", _truncate, ["train_state.pt", "corrupt"]),
+    ("train_config.json", lambda f: f.write_text("{oops"), ["train_config.json", "corrupt"]),
+    ("model.safetensors", _other_config, ["does not fit its config.json"]),
+    ("model.safetensors", _unknown_key, ["config.json", "n_expertz"]),
+])
+def test_resume_bad_checkpoint_one_line_nothing_written(run_dir, dataset, name, damage, words):
+    from dsv3_edu.train import TrainConfig, train
+    damage(run_dir / "checkpoint" / name)
+    before = {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file()}
+    with pytest.raises(ValueError) as e:
+        train(TrainConfig(steps=4, out_dir=str(run_dir)), dataset=dataset, progress=False, resume=run_dir)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and all(w in msg for w in words), msg
+    assert {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} == before
+
+
+def test_cli_resume_refuses_a_new_model_config(capsys, run_dir):
+    exits_with_error(capsys, cli, ["train", "--resume", str(run_dir), "--set", "n_mtp=0"], "--resume", "--set")
+    exits_with_error(capsys, cli, ["train", "--resume", str(run_dir / "checkpoint" / "model.safetensors")],
+                     "train_state.pt")
