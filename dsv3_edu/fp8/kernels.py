@@ -30,7 +30,11 @@ everywhere, so the CPU tests test the GPU code. (The other fix would be to store
 and cast in torch; that splits the kernel in two and would leave the interpreter and the GPU running different
 code.) :func:`fp8_cast_triton` shows the trap and the fix side by side. The widening direction FP8 -> float32
 is exact on the interpreter for every finite value (the tests check all 256 bytes); only the NaN/inf bytes
-decode wrongly there (e.g. E4M3 NaN -> 480), and quantization never produces them.
+decode wrongly there (e.g. E4M3 NaN -> 480), and a NaN input quantizes to the NaN byte. So the kernels handle
+special values themselves (see :func:`dsv3_edu.fp8.quant.act_quant` for the behaviour, the reference kernel's on
+a GPU): ``act_quant_kernel`` ignores NaN in the amax and writes the NaN byte 0x7F itself (the interpreter's cast
+of a NaN depends on its payload), ``weight_dequant_kernel`` decodes NaN / inf bytes (:func:`decode_fp8_specials`),
+and ``fp8_gemm_kernel`` marks rows and columns holding a NaN byte (``NAN_FIX``, interpreter only).
 
 Two smaller things for bit-exactness: divisions use ``tl.math.div_rn`` (IEEE round-to-nearest, like torch;
 Triton's ``/`` on a GPU may use a faster approximate division), and ``tl.dot`` on FP8 needs an sm_89+ GPU
