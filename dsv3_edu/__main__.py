@@ -2,19 +2,34 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from dataclasses import fields
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
     tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                         if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
-    if args.set:
-        tc.model_overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
-                              for k, v in (kv.split("=", 1) for kv in args.set)}
     try:
+        for f in fields(TrainConfig):            # a NaN slips through argparse's float() and most range checks
+            v = getattr(args, f.name, None)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
+        tc.model_overrides = _parse_set(args.set or [])
+        if args.resume is not None and not Path(args.resume).exists():
+            raise FileNotFoundError(f"--resume {args.resume}: no such run folder")
+        if args.resume is not None and (args.set or args.preset):
+            raise ValueError("--resume continues a run with the model config saved in it; "
+                             "--preset / --set would build another model (start a new run instead)")
         res = train(tc, resume=args.resume)
     except (TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -27,6 +42,18 @@ def _train(args) -> int:
     if args.samples:
         _print_samples(res.model, args.samples)
     return 0
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``--set FIELD=VALUE ...`` -> {field: value}, each VALUE parsed by the field's type (see config.parse_field)."""
+    from .config import parse_field
+    out = {}
+    for kv in items:
+        if "=" not in kv:
+            raise ValueError(f"--set {kv}: expected FIELD=VALUE, e.g. n_mtp=0 or balance=aux_loss")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = parse_field(k.strip(), v)
+    return out
 
 
 def _save_training_plots(res) -> list[str]:
@@ -53,17 +80,43 @@ def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None
 
 
 def _generate(args) -> int:
-    import torch
-
     from .data import load_tokenizer
-    from .generate import compare_speculative, fim_prompt, generate
+    from .runtime import get_device
     from .train import load_model
     try:
-        model = load_model(args.ckpt, args.device or "cpu")
-    except FileNotFoundError as e:
+        for name in ("temperature", "top_p"):
+            v = getattr(args, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {v}")
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        model = load_model(args.ckpt, get_device(args.device or "cpu"))
+        tok = _load_tokenizer_arg(load_tokenizer, args.tokenizer)
+        return _generate_with(args, model, tok)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    tok = load_tokenizer(args.tokenizer)
+
+
+def _load_tokenizer_arg(load_tokenizer, path):
+    """load_tokenizer(path), with errors that name the --tokenizer argument."""
+    if path is None:
+        return load_tokenizer()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--tokenizer {path}: no such file")
+    try:
+        return load_tokenizer(path)
+    except Exception as e:  # noqa: BLE001 (the tokenizers library raises a bare Exception on a malformed file)
+        raise ValueError(f"--tokenizer {path}: not a tokenizer.json ({e})") from None
+
+
+def _generate_with(args, model, tok) -> int:
+    import torch
+
+    from .generate import compare_speculative, fim_prompt, generate
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the checkpoint's model only "
+                         f"{model.cfg.vocab_size}: pass the tokenizer it was trained with (--tokenizer)")
     if args.fim_prefix is not None or args.fim_suffix is not None:
         ids = fim_prompt(tok, args.fim_prefix or "", args.fim_suffix or "")
     else:
@@ -90,7 +143,7 @@ def _generate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .train import TrainConfig
-    p = argparse.ArgumentParser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
+    p = _Parser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model (default: the tiny preset on the stdlib corpus)")
@@ -130,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("rest", nargs=argparse.REMAINDER)
     a.set_defaults(func=lambda args: __import__("dsv3_edu.accounting", fromlist=["main"]).main(args.rest))
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["accounting"]:   # handed over whole: argparse's REMAINDER would not take "--config ..."
+        from .accounting import main as accounting_main
+        return accounting_main(argv[1:])
     args = p.parse_args(argv)
     return args.func(args)
 

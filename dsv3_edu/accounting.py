@@ -108,8 +108,16 @@ def format_table(r: dict) -> str:
     return "\n".join(f"{a:<{w}}  {b:>18}" for a, b in rows)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsv3_edu.accounting", description=__doc__.splitlines()[0])
+    """The CLI; a missing or malformed config (bad JSON, unknown key, bad value) gives one line and exit 2."""
+    p = _Parser(prog="python -m dsv3_edu.accounting", description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default="deepseek-v3", help="preset name (nano, tiny, small, deepseek-v3)")
     g.add_argument("--config", help="path to a config JSON (ours or DeepSeek's config_671B.json)")

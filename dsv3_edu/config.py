@@ -6,6 +6,7 @@ Field names follow DeepSeek's reference inference code (``inference/model.py`` M
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.006
     fp8: bool = False                 # FP8-simulated GEMMs in the Linear layers and experts
+    scale_fmt: str | None = None      # FP8 scales: None = float32 amax / 448, "ue8m0" = rounded up to a power of 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +78,14 @@ class ModelConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise ValueError(f"ModelConfig: {msg}")
+
+        for f in fields(self):                  # types first: a JSON file or a --set can hold anything
+            v = getattr(self, f.name)
+            need(_type_ok(f.type, v), f"{f.name} must be {_TYPE_WORDS[f.type]}, got {v!r}")
+            need(f.type != "float" or math.isfinite(v), f"{f.name} must be a finite number, got {v!r}")
+        for name, allowed in CHOICES.items():
+            need(getattr(self, name) in allowed,
+                 f"{name} must be one of {_fmt_choices(allowed)}, got {getattr(self, name)!r}")
 
         for f in ("vocab_size", "dim", "n_layers", "n_heads", "kv_lora_rank", "qk_nope_head_dim",
                   "v_head_dim", "inter_dim", "moe_inter_dim", "max_seq_len", "original_seq_len"):
@@ -100,9 +110,6 @@ class ModelConfig:
             need(self.n_activated_experts <= self.n_limited_groups * self.experts_per_group,
                  f"top-k ({self.n_activated_experts}) exceeds the experts in the kept groups "
                  f"({self.n_limited_groups} x {self.experts_per_group})")
-        need(self.score_func in ("sigmoid", "softmax"), f"score_func must be 'sigmoid' or 'softmax', got {self.score_func!r}")
-        need(self.balance in ("aux_free", "aux_loss", "none"),
-             f"balance must be 'aux_free', 'aux_loss' or 'none', got {self.balance!r}")
         need(self.n_mtp >= 0, f"n_mtp (MTP depth D) must be >= 0, got {self.n_mtp}")
         need(self.rope_factor >= 1.0, f"rope_factor must be >= 1, got {self.rope_factor}")
 
@@ -122,18 +129,120 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def from_reference(cls, d: dict) -> "ModelConfig":
+        """A config in the format of DeepSeek's ``inference/configs/*.json``: what the reference builds from it.
+
+        A key the file leaves out takes the reference ``ModelArgs`` default, not ours: ``max_seq_len`` is then
+        4096 * 4 = 16384 > ``original_seq_len`` 4096, so YaRN is on, as in the reference. ``dtype`` (the reference's
+        weight storage, bf16 or fp8) and ``max_batch_size`` (its KV-cache size) have no counterpart here and are
+        dropped. Our own fields (MTP depth, balancing, init) keep our defaults, which are the report's.
+        """
+        unknown = sorted(set(d) - set(_REFERENCE_DEFAULTS) - _REFERENCE_ONLY_KEYS)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown keys {unknown} in a reference config; known keys are "
+                             f"{sorted(set(_REFERENCE_DEFAULTS) | _REFERENCE_ONLY_KEYS)}")
+        return cls.from_dict({**_REFERENCE_DEFAULTS, **{k: v for k, v in d.items() if k not in _REFERENCE_ONLY_KEYS}})
+
+    @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
-        """Read our own config JSON or DeepSeek's reference ``config_671B.json`` (extra keys like dtype ignored)."""
-        d = json.loads(Path(path).read_text())
-        d = {k: v for k, v in d.items() if k not in _REFERENCE_ONLY_KEYS}
-        return cls.from_dict(d)
+        """Read our own config JSON (a missing key takes our default) or one of DeepSeek's reference configs
+        (``config_671B.json``, ``config_v3.1.json``, ...: see :func:`is_reference_config` and :meth:`from_reference`).
+        Errors name the file: missing, not JSON, not an object, an unknown key or a bad value."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {path} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(d).__name__}")
+        try:
+            if is_reference_config(d):
+                return cls.from_reference(d)
+            return cls.from_dict({k: v for k, v in d.items() if k not in _REFERENCE_ONLY_KEYS})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config file {path}: {e}") from None
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
 
 
-# keys of DeepSeek's config_671B.json that have no meaning for this package
-_REFERENCE_ONLY_KEYS = {"dtype", "max_batch_size", "scale_fmt"}
+# the fields that take one of a few values (None is written null in JSON, none on the command line)
+CHOICES: dict[str, tuple] = {
+    "score_func": ("sigmoid", "softmax"),
+    "balance": ("aux_free", "aux_loss", "none"),
+    "scale_fmt": (None, "ue8m0"),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "str | None": "a string or null"}
+
+
+def _fmt_choices(allowed: tuple) -> str:
+    return ", ".join("null" if a is None else repr(a) for a in allowed)
+
+
+def _type_ok(t: str, v) -> bool:
+    """Does value v fit the annotation t (a string: this module uses ``from __future__ import annotations``)?"""
+    if t == "bool":
+        return isinstance(v, bool)
+    if isinstance(v, bool):                     # True is an int to Python, not to a config
+        return False
+    return {"int": isinstance(v, int), "float": isinstance(v, (int, float)), "str": isinstance(v, str),
+            "str | None": v is None or isinstance(v, str)}[t]
+
+
+def parse_field(name: str, text: str):
+    """One ``FIELD=VALUE`` of the command line, VALUE parsed by the field's type: ``balance=aux_loss``,
+    ``balance='"aux_loss"'`` (JSON-quoted), ``n_mtp=0``, ``fp8=true``, ``rope_factor=40``, ``scale_fmt=none``.
+    Raises ValueError with one line naming the field and what it accepts."""
+    types = {f.name: f.type for f in fields(ModelConfig)}
+    if name not in types:
+        raise ValueError(f"unknown model field {name!r}; fields: {', '.join(types)}")
+    t = types[name]
+    raw = text.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+        raw = raw[1:-1]                         # '"aux_loss"' -> aux_loss
+    allowed = CHOICES.get(name)
+    want = f"one of {_fmt_choices(allowed)}" if allowed else _TYPE_WORDS[t]
+    try:
+        if t == "bool":
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+        elif t == "int":
+            value = int(raw)
+        elif t == "float":
+            value = float(raw)
+        elif t == "str | None" and raw.lower() in ("none", "null", ""):
+            value = None
+        else:
+            value = raw
+    except (KeyError, ValueError):
+        raise ValueError(f"{name}={text}: {name} must be {want}") from None
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{name}={text}: {name} must be {want}")
+    return value
+
+
+# DeepSeek's reference ModelArgs defaults (inference/model.py of deepseek-ai/DeepSeek-V3): what a key missing
+# from a reference config JSON means there. (Its size defaults describe DeepSeek-V2-Lite.)
+_REFERENCE_DEFAULTS = dict(
+    max_seq_len=4096 * 4, scale_fmt=None, vocab_size=102400, dim=2048, inter_dim=10944, moe_inter_dim=1408,
+    n_layers=27, n_dense_layers=1, n_heads=16, n_routed_experts=64, n_shared_experts=2, n_activated_experts=6,
+    n_expert_groups=1, n_limited_groups=1, score_func="softmax", route_scale=1.0, q_lora_rank=0, kv_lora_rank=512,
+    qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, original_seq_len=4096, rope_theta=10000.0,
+    rope_factor=40.0, beta_fast=32, beta_slow=1, mscale=1.0,
+)
+# keys of the reference configs with no counterpart here (weight storage dtype, KV-cache batch size)
+_REFERENCE_ONLY_KEYS = {"dtype", "max_batch_size"}
+
+
+def is_reference_config(d: dict) -> bool:
+    """True for a dict in the format of DeepSeek's ``inference/configs``: only ModelArgs keys (none of our own,
+    which every config this package saves has), and ``dtype`` or the model's sizes (``config_16B.json`` has no
+    dtype). A short hand-written file such as ``{"dim": 64}`` stays ours: its missing keys take our defaults."""
+    keys = set(d)
+    return (keys <= set(_REFERENCE_DEFAULTS) | _REFERENCE_ONLY_KEYS
+            and ("dtype" in keys or {"vocab_size", "dim", "n_layers", "n_heads"} <= keys))
 
 
 def _deepseek_v3() -> ModelConfig:
@@ -176,6 +285,8 @@ def get_config(name_or_path: str | Path, **overrides) -> ModelConfig:
         cfg = PRESETS[key]
     elif Path(key).is_file():
         cfg = ModelConfig.load(key)
+    elif key.endswith(".json") or "/" in key or "\\" in key:
+        raise ValueError(f"config file {key!r} not found (presets: {', '.join(PRESETS)})")
     else:
         raise ValueError(f"unknown preset or missing config file {key!r}; presets: {', '.join(PRESETS)}")
     return cfg.replace(**overrides) if overrides else replace(cfg)

@@ -11,6 +11,7 @@ the report) takes ``[hnorm(h); enorm(emb)]``, so the two column halves are swapp
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -31,10 +32,11 @@ def to_hf_config(cfg: ModelConfig) -> dict:
         rope = {"rope_type": "yarn", "rope_theta": cfg.rope_theta, "factor": cfg.rope_factor,
                 "original_max_position_embeddings": cfg.original_seq_len, "beta_fast": cfg.beta_fast,
                 "beta_slow": cfg.beta_slow, "mscale": cfg.mscale, "mscale_all_dim": cfg.mscale}
-    if cfg.score_func != "sigmoid" or cfg.balance == "aux_loss":
-        # the HF model always chooses with sigmoid + bias; our aux_loss mode chooses without the bias
-        raise ValueError("the HF DeepseekV3 format needs score_func='sigmoid' and a bias-choosing gate "
-                         "(balance 'aux_free' or 'none' with zero bias)")
+    if cfg.score_func != "sigmoid":
+        # the HF model always scores with a sigmoid. (It always chooses with score + bias, too: for our
+        # balance modes that choose without the bias, to_hf_state_dict exports a zero bias, which is exact.)
+        raise ValueError(f"the HF DeepseekV3 format scores experts with a sigmoid; this model has "
+                         f"score_func={cfg.score_func!r}")
     return {
         "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.inter_dim,
@@ -53,9 +55,52 @@ def to_hf_config(cfg: ModelConfig) -> dict:
     }
 
 
+def _hf_yarn_attention_factor(rope: dict, factor: float) -> float:
+    """transformers' YaRN ``attention_factor`` (modeling_rope_utils._compute_yarn_parameters): it multiplies cos
+    and sin, so the RoPE part of every q.k score by its square, on top of the softmax scale."""
+    def m(scale, ms=1.0):
+        return 1.0 if scale <= 1 else 0.1 * ms * math.log(scale) + 1.0
+    if rope.get("attention_factor") is not None:
+        return float(rope["attention_factor"])
+    if rope.get("mscale") and rope.get("mscale_all_dim"):
+        return m(factor, rope["mscale"]) / m(factor, rope["mscale_all_dim"])
+    return m(factor)
+
+
 def from_hf_config(d: dict) -> ModelConfig:
+    """Our config from a HF DeepseekV3 config.json; refuses settings our model (like DeepSeek's reference code)
+    cannot express exactly, rather than loading a model whose logits differ."""
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    yarn = rope.get("rope_type", rope.get("type")) == "yarn"
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    yarn = rope_type == "yarn"
+    if rope_type not in ("default", "yarn"):
+        raise ValueError(f"HF config: rope_type {rope_type!r} is not supported (only default RoPE and YaRN)")
+    if not d.get("rope_interleave", True):
+        raise ValueError("HF config: rope_interleave=false is not supported (DeepSeek-V3 rotates interleaved pairs)")
+    if not d.get("norm_topk_prob", True):
+        raise ValueError("HF config: norm_topk_prob=false is not supported (DeepSeek-V3 normalizes the top-k weights)")
+    max_pos = d["max_position_embeddings"]
+    mscale = 1.0
+    factor = 40.0
+    if yarn:
+        orig = rope.get("original_max_position_embeddings", max_pos)
+        if max_pos <= orig:
+            raise ValueError(f"HF config: YaRN with max_position_embeddings {max_pos} <= "
+                             f"original_max_position_embeddings {orig} is not supported (the reference, and this "
+                             f"model, apply YaRN only beyond the original length)")
+        factor = rope.get("factor") or max_pos / orig           # transformers' default when factor is absent
+        if not rope.get("truncate", True):
+            raise ValueError("HF config: YaRN with truncate=false is not supported (the reference truncates)")
+        af = _hf_yarn_attention_factor(rope, factor)
+        if abs(af - 1.0) > 1e-9:
+            raise ValueError(
+                f"HF config: YaRN mscale {rope.get('mscale')} and mscale_all_dim {rope.get('mscale_all_dim')} give "
+                f"transformers an attention_factor of {af:.4f} on the RoPE part of q and k only; DeepSeek's "
+                f"reference (and this model) scale the whole softmax by one mscale, so loading would change the "
+                f"logits. Supported: mscale == mscale_all_dim (as in DeepSeek-V3's released config)")
+        # transformers scales the softmax by yarn_mscale(factor, mscale_all_dim)^2 when mscale_all_dim is set,
+        # not at all when it is absent or 0 (our mscale 0 gives yarn_mscale 1, the same)
+        mscale = float(rope.get("mscale_all_dim") or 0.0)
     return ModelConfig(
         vocab_size=d["vocab_size"], dim=d["hidden_size"], n_layers=d["num_hidden_layers"],
         n_dense_layers=d["first_k_dense_replace"], inter_dim=d["intermediate_size"],
@@ -64,9 +109,8 @@ def from_hf_config(d: dict) -> ModelConfig:
         max_seq_len=d["max_position_embeddings"],
         original_seq_len=rope.get("original_max_position_embeddings", d["max_position_embeddings"]) if yarn
         else max(4096, d["max_position_embeddings"]),
-        rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_factor=rope.get("factor", 40.0),
-        beta_fast=rope.get("beta_fast", 32), beta_slow=rope.get("beta_slow", 1),
-        mscale=rope.get("mscale_all_dim", 1.0) if yarn else 1.0,
+        rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_factor=float(factor),
+        beta_fast=rope.get("beta_fast") or 32, beta_slow=rope.get("beta_slow") or 1, mscale=mscale,
         moe_inter_dim=d["moe_intermediate_size"], n_routed_experts=d["n_routed_experts"],
         n_shared_experts=d["n_shared_experts"], n_activated_experts=d["num_experts_per_tok"],
         n_expert_groups=d["n_group"], n_limited_groups=d["topk_group"], route_scale=d["routed_scaling_factor"],
@@ -75,8 +119,9 @@ def from_hf_config(d: dict) -> ModelConfig:
     )
 
 
-def _block_to_hf(prefix: str, sd: dict, out: dict, hf: str) -> None:
-    """Block weights under ``prefix`` (ours) -> ``hf`` (theirs)."""
+def _block_to_hf(prefix: str, sd: dict, out: dict, hf: str, choose_with_bias: bool = True) -> None:
+    """Block weights under ``prefix`` (ours) -> ``hf`` (theirs). ``choose_with_bias=False`` (balance "none" or
+    "aux_loss": our gate ignores its bias buffer) exports a zero bias, since transformers always adds it."""
     for k, v in sd.items():
         if not k.startswith(prefix):
             continue
@@ -91,7 +136,7 @@ def _block_to_hf(prefix: str, sd: dict, out: dict, hf: str) -> None:
         elif rest == "ffn.gate.weight":
             out[f"{hf}.mlp.gate.weight"] = v
         elif rest == "ffn.gate.bias":
-            out[f"{hf}.mlp.gate.e_score_correction_bias"] = v
+            out[f"{hf}.mlp.gate.e_score_correction_bias"] = v if choose_with_bias else torch.zeros_like(v)
         elif parts[:2] == ["ffn", "experts"]:
             for j in range(v.size(0)):
                 out[f"{hf}.mlp.experts.{j}.{_FFN[parts[2]]}.weight"] = v[j]
@@ -108,11 +153,12 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"],
            "lm_head.weight": sd["head.weight"]}
+    with_bias = cfg.balance == "aux_free"       # the only mode whose gate adds the bias when choosing
     for i in range(cfg.n_layers):
-        _block_to_hf(f"layers.{i}.", sd, out, f"model.layers.{i}")
+        _block_to_hf(f"layers.{i}.", sd, out, f"model.layers.{i}", with_bias)
     for k in range(cfg.n_mtp):
         hf = f"model.layers.{cfg.n_layers + k}"
-        _block_to_hf(f"mtp.{k}.block.", sd, out, hf)
+        _block_to_hf(f"mtp.{k}.block.", sd, out, hf, with_bias)
         h_cols, e_cols = sd[f"mtp.{k}.proj.weight"].chunk(2, dim=1)
         out[f"{hf}.eh_proj.weight"] = torch.cat([e_cols, h_cols], dim=1).contiguous()
         out[f"{hf}.enorm.weight"] = sd[f"mtp.{k}.enorm.weight"]

@@ -160,7 +160,10 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """A trained model from a run folder (``runs/tiny``) or its checkpoint folder."""
+    """A trained model from a run folder (``runs/tiny``) or its checkpoint folder.
+
+    Bad checkpoints fail with one line naming the file: missing, corrupt or truncated, weights that do not fit
+    config.json (another model's), or weights holding NaN / inf."""
     path = Path(path)
     if (path / CKPT).is_dir():
         path = path / CKPT
@@ -168,8 +171,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transfor
         raise FileNotFoundError(f"no checkpoint at {path} (expected model.safetensors and config.json)")
     cfg = ModelConfig.load(path / "config.json")
     model = Transformer(cfg)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    load_weights(model, path / "model.safetensors")
     return model.to(device).eval()
+
+
+def load_weights(model: Transformer, file: Path, device: str | torch.device = "cpu") -> None:
+    """model.safetensors into ``model``, checked first: readable, the same names and shapes, finite values."""
+    try:
+        sd = load_file(str(file), device=str(device))
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own SafetensorError, not an OSError)
+        raise ValueError(f"checkpoint {file} is corrupt or truncated ({e})") from None
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - sd.keys()), sorted(sd.keys() - own.keys())
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in own.keys() & sd.keys()
+             if sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        what = "; ".join(f"{n} {len(v)}: {', '.join(sorted(v)[:3])}{', ...' if len(v) > 3 else ''}"
+                         for n, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if v)
+        raise ValueError(f"checkpoint {file} does not fit its config.json (weights of another model?): {what}")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"checkpoint {file} holds NaN or inf in {len(bad)} tensors, e.g. {bad[0]}")
+    model.load_state_dict(sd)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -339,19 +362,29 @@ def _resume_dir(resume: str | Path | None) -> Path | None:
 
 def _restore_configs(resume_dir: Path, tc: TrainConfig) -> tuple[TrainConfig, ModelConfig]:
     """The saved run's configs; only ``steps`` and ``out_dir`` come from ``tc`` (a run may be extended or moved)."""
-    saved = TrainConfig.from_dict(json.loads((resume_dir / "train_config.json").read_text()))
+    f = resume_dir / "train_config.json"
+    try:
+        saved = TrainConfig.from_dict(json.loads(f.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as e:
+        raise ValueError(f"cannot resume: {f} is corrupt ({e})") from None
     saved.steps, saved.out_dir = tc.steps, tc.out_dir
     return saved, ModelConfig.load(resume_dir / "config.json")
 
 
 def restore_checkpoint(resume_dir: Path, model: Transformer, opt, batches, device) -> tuple[int, list[dict]]:
-    """Load weights, optimizer, data position and RNG saved by ``save_checkpoint``; returns (step, history)."""
-    model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device=str(device)))
-    st = torch.load(resume_dir / "train_state.pt", weights_only=False)
-    opt.load_state_dict(st["optimizer"])
-    batches.load_state_dict(st["data"])
-    torch.set_rng_state(st["torch_rng"])
-    return st["step"], st["history"]
+    """Load weights, optimizer, data position and RNG saved by ``save_checkpoint``; returns (step, history).
+    A corrupt, truncated or mismatched file fails with one line naming it, before anything is written."""
+    load_weights(model, resume_dir / "model.safetensors", device)
+    f = resume_dir / "train_state.pt"
+    try:
+        st = torch.load(f, weights_only=False)
+        opt.load_state_dict(st["optimizer"])
+        batches.load_state_dict(st["data"])
+        torch.set_rng_state(st["torch_rng"])
+        return st["step"], st["history"]
+    except Exception as e:  # noqa: BLE001 (torch.load / pickle raise many types on a damaged file)
+        raise ValueError(f"cannot resume: {f} is corrupt, truncated or from another run "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _progress(it, enabled: bool, **kw):

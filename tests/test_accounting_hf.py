@@ -77,3 +77,95 @@ def test_hf_export_refuses_what_hf_cannot_express():
         to_hf_config(parity_cfg().replace(score_func="softmax"))
     with pytest.raises(FileNotFoundError):
         load_hf("/nonexistent/dir")
+
+
+@pytest.mark.parametrize("balance", ["none", "aux_loss"])
+def test_hf_export_of_a_gate_that_ignores_its_bias_is_exact(tmp_path, balance):
+    """balance 'none' / 'aux_loss' choose experts without the bias; transformers always adds it: the export
+    writes a zero bias, so a stale non-zero bias buffer cannot change the routing (it did: logits off by 1.4)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(parity_cfg().replace(balance=balance, n_mtp=0)).eval()
+    for layer in ours.layers[1:]:
+        layer.ffn.gate.bias.normal_(0, 0.5)    # large enough to change the choice if it were used
+    save_hf(ours, tmp_path / "ours")
+    theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    x = torch.randint(0, 512, (2, 40))
+    with torch.no_grad():
+        assert (ours(x).logits - theirs(x).logits).abs().max().item() < 1e-4
+        with_bias = ours.cfg.replace(balance="aux_free")   # the same weights routed with the bias differ
+        ours_biased = Transformer(with_bias).eval()
+        ours_biased.load_state_dict(ours.state_dict())
+        assert (ours_biased(x).logits - theirs(x).logits).abs().max().item() > 1e-3
+
+
+def _yarn_hf_config(**rope) -> dict:
+    d = to_hf_config(parity_cfg(max_seq_len=8192))
+    d["rope_parameters"].update(rope)
+    return d
+
+
+def test_load_hf_yarn_mscale_refused_unless_exact():
+    from dsv3_edu.hf import from_hf_config
+    assert from_hf_config(_yarn_hf_config(mscale=0.707, mscale_all_dim=0.707)).mscale == 0.707
+    with pytest.raises(ValueError, match="mscale_all_dim"):
+        from_hf_config(_yarn_hf_config(mscale=1.0, mscale_all_dim=0.707))
+    with pytest.raises(ValueError, match="attention_factor"):   # no mscale_all_dim: transformers scales RoPE only
+        d = _yarn_hf_config()
+        del d["rope_parameters"]["mscale_all_dim"]
+        from_hf_config(d)
+
+
+def test_load_hf_yarn_unequal_mscale_would_differ(tmp_path):
+    """Why the refusal: transformers with mscale != mscale_all_dim gives other logits than one mscale."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    ours = Transformer(parity_cfg(max_seq_len=8192).replace(n_mtp=0)).eval()
+    save_hf(ours, tmp_path / "m")
+    cfg_file = tmp_path / "m" / "config.json"
+    d = json.loads(cfg_file.read_text())
+    d["rope_parameters"].update(mscale=1.0, mscale_all_dim=0.707)
+    cfg_file.write_text(json.dumps(d))
+    theirs = transformers.DeepseekV3ForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    x = torch.randint(0, 512, (1, 40))
+    with torch.no_grad():
+        assert (ours(x).logits - theirs(x).logits).abs().max().item() > 1e-3
+    with pytest.raises(ValueError, match="mscale"):
+        load_hf(tmp_path / "m")
+
+
+REF_CONFIGS = __import__("pathlib").Path(__file__).parent / "data" / "deepseek_v3_configs"
+
+
+def test_reference_config_builds_what_the_reference_builds(tmp_path):
+    """config_671B.json leaves max_seq_len out: the reference's ModelArgs default 4096 * 4 applies, so YaRN is on."""
+    from dsv3_edu.model import yarn_mscale
+    cfg = ModelConfig.load(REF_CONFIGS / "config_671B.json")
+    assert cfg.max_seq_len == 16384 and cfg.original_seq_len == 4096 and cfg.max_seq_len > cfg.original_seq_len
+    assert cfg == PRESETS["deepseek-v3"]                  # the preset = the reference config + MTP D=1 (report)
+    assert cfg.scale_fmt is None and cfg.fp8 is False     # dtype "fp8" is the reference's weight storage
+    with torch.device("meta"):
+        attn = Transformer(cfg.replace(n_layers=1, n_dense_layers=1, n_mtp=0)).layers[0].attn
+    assert attn.softmax_scale == pytest.approx((128 + 64) ** -0.5 * yarn_mscale(40.0, 1.0) ** 2)
+    # round trip: our JSON of it loads back equal
+    cfg.save(tmp_path / "ours.json")
+    assert ModelConfig.load(tmp_path / "ours.json") == cfg
+    # later configs: scale_fmt "ue8m0" is kept, not dropped
+    v31 = ModelConfig.load(REF_CONFIGS / "config_v3.1.json")
+    assert v31.scale_fmt == "ue8m0" and v31.replace(scale_fmt=None) == cfg
+    assert ModelConfig.load(tmp_path / "ours.json").replace(scale_fmt="ue8m0") == v31
+    # config_16B (no dtype key): the absent keys take ModelArgs defaults (softmax routing, 1 group, mscale 0.707)
+    c16 = ModelConfig.load(REF_CONFIGS / "config_16B.json")
+    assert (c16.score_func, c16.n_expert_groups, c16.n_limited_groups, c16.mscale, c16.max_seq_len) == \
+        ("softmax", 1, 1, 0.707, 16384)
+
+
+def test_reference_config_unknown_key_is_named(tmp_path):
+    d = json.loads((REF_CONFIGS / "config_671B.json").read_text())
+    p = tmp_path / "ref.json"
+    p.write_text(json.dumps({**d, "n_dense_layer": 3}))   # a typo: not a reference key, so read as ours
+    with pytest.raises(ValueError, match="n_dense_layer"):
+        ModelConfig.load(p)
+    p.write_text(json.dumps({**d, "scale_fmt": "e5m2"}))
+    with pytest.raises(ValueError, match="scale_fmt.*ue8m0"):
+        ModelConfig.load(p)

@@ -407,3 +407,170 @@ def test_plot_fp8_values():
     n_points = sum(len(c.get_offsets()) for c in ax_values.collections)
     assert n_points == (253 - 1) // 2 + (247 - 1) // 2         # positive values of E4M3 and E5M2
     assert ax_values.get_xscale() == "log"
+
+
+# ------------------------------------------------------------------------------ edges: amax floor, ue8m0, NaN/inf
+def _special_input():
+    """(7, 256): tiles with a NaN, +inf, -inf, a -0.0 in an all-zero tile, a 1e-10 tile, an all-NaN tile."""
+    x = _rand(7, 256, seed=11)
+    x[0, 3] = math.nan
+    x[1, 5] = math.inf
+    x[2, 7] = -math.inf
+    x[3, :128] = 0.0
+    x[3, 9] = -0.0
+    x[4] = 1e-10 * _rand(256, seed=12)
+    x[5, :128] = math.nan
+    x[6, :] = 0.0                                                        # a whole row of zeros
+    return x
+
+
+def test_special_values_follow_the_reference_kernel():
+    """One behaviour (the reference act_quant on a GPU, whose max() skips NaN): a NaN stays NaN in its element
+    and leaves the scale alone; an inf makes the scale inf, so its tile dequantizes to NaN; -0.0 stays -0.0."""
+    x = _special_input()
+    q, s = act_quant(x)
+    qf = q.float()
+    ok = torch.isfinite(x[0, :128]) & (torch.arange(128) != 3)
+    assert torch.isnan(qf[0, 3]) and torch.isfinite(s[0, 0])
+    assert s[0, 0] == x[0, :128][ok].abs().max() / 448                  # NaN ignored by the amax
+    assert torch.equal(act_dequant(q, s)[0, :128][ok], act_dequant(*act_quant(x[0:1, :128].nan_to_num(0.0)))[0][ok])
+    for row in (1, 2):                                                   # +inf and -inf
+        assert s[row, 0] == math.inf and torch.isnan(act_dequant(q, s)[row, :128]).all()
+        assert torch.isfinite(s[row, 1])                                 # the next tile is untouched
+    assert q.view(torch.uint8)[3, 9] == 0x80 and (qf[3, :128] == 0).all()  # -0.0 kept, zeros stay zeros
+    assert torch.isnan(qf[5, :128]).all() and s[5, 0] == 1e-4 / 448      # all-NaN tile: floor scale, NaN values
+    assert (q.view(torch.uint8)[torch.isnan(qf)] == 0x7F).all()          # one canonical NaN byte
+    # the same rules in the weight blocks
+    w = torch.zeros(256, 256)
+    w[0, 0], w[200, 200], w[130, 3] = math.nan, math.inf, -0.0
+    wq, ws = weight_quant(w)
+    back = weight_dequant(wq, ws)
+    assert torch.isnan(back[0, 0]) and ws[0, 0] == 1e-4 / 448 and back[0, 1:128].eq(0).all()
+    assert ws[1, 1] == math.inf and torch.isnan(back[128:, 128:]).all()
+    assert wq.view(torch.uint8)[130, 3] == 0x80
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy computing inf/inf, 0*inf
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("scale_fmt", [None, "ue8m0"])
+def test_special_values_triton_equals_torch(kernels, fmt, scale_fmt):
+    """torch == Triton, byte for byte, on NaN, +inf, -inf, -0.0, all-zero and 1e-10 tiles."""
+    x = _special_input()
+    dev = _dev(kernels)
+    qr, sr = act_quant(x, fmt=fmt, scale_fmt=scale_fmt)
+    q, s = kernels.act_quant_triton(x.to(dev), fmt=fmt, scale_fmt=scale_fmt)
+    assert _same_bits(q, qr)
+    assert torch.equal(s.cpu(), sr)
+    # weight_dequant decodes the NaN bytes as NaN (the interpreter's widening gives 480 unless told)
+    wq, ws = weight_quant(x[:, :256].reshape(7, 256).repeat(20, 1)[:128], fmt=fmt)
+    out = kernels.weight_dequant_triton(wq.to(dev), ws.to(dev), out_dtype=torch.float32).cpu()
+    ref = weight_dequant(wq, ws)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+
+
+def test_weight_dequant_triton_decodes_every_byte(kernels):
+    """All 256 bytes of both formats, NaN and E5M2's infinities included, widen as torch widens them."""
+    dev = _dev(kernels)
+    for dt in (torch.float8_e4m3fn, torch.float8_e5m2):
+        b = torch.arange(256, dtype=torch.uint8).view(dt).reshape(2, 128)
+        y = kernels.weight_dequant_triton(b.to(dev), torch.ones(1, 1, device=dev), out_dtype=torch.float32).cpu()
+        assert torch.equal(y.isnan(), b.float().isnan()) and torch.equal(y.nan_to_num(), b.float().nan_to_num())
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy computing inf/inf, 0*inf
+def test_fp8_gemm_triton_special_values(kernels):
+    """A NaN in A or B makes its output row / column NaN, an inf tile (scale inf) its row: as the reference."""
+    x = _special_input()[:6]
+    aq, sa = act_quant(x)
+    bq, sb = weight_quant(_rand(192, 256, seed=13) * 0.05)
+    bq.view(torch.uint8)[17, 5] = 0x7F                                  # a NaN weight
+    dev = _dev(kernels)
+    c = kernels.fp8_gemm_triton(aq.to(dev), sa.to(dev), bq.to(dev), sb.to(dev), out_dtype=torch.float32).cpu()
+    ref = block_scaled_matmul(aq, sa, bq, sb)
+    assert torch.equal(c.isnan(), ref.isnan())
+    assert c.isnan()[:, 17].all() and c.isnan()[[0, 1, 2, 5]].all() and not c.isnan()[3, :17].any()
+    fin = ~ref.isnan()
+    assert torch.allclose(c[fin], ref[fin], rtol=1e-5, atol=1e-5 * ref[fin].abs().max().item())
+
+
+def test_amax_floor_is_the_reference_1e4_and_configurable():
+    """The reference clamps amax to >= 1e-4: a 1e-10 tile is flushed to zero. amax_eps=1e-12 (the old floor)
+    keeps it to FP8 precision."""
+    from dsv3_edu.fp8.quant import AMAX_EPS
+    assert AMAX_EPS == 1e-4
+    r = _rand(2, 128, seed=14)
+    x = 1e-10 * r / r.abs().amax(-1, keepdim=True)                      # tiles with max |x| = 1e-10
+    q, s = act_quant(x)
+    assert (s == torch.tensor(1e-4) / 448).all() and (q.float() == 0).all()
+    q2, s2 = act_quant(x, amax_eps=1e-12)
+    assert torch.allclose(s2[:, 0], x.abs().amax(-1) / 448)
+    assert quant_error(x, amax_eps=1e-12) < 0.05 and quant_error(x) == 1.0
+    # a tile just above the floor is unaffected
+    y = 2e-4 * _rand(1, 128, seed=15) / _rand(1, 128, seed=15).abs().max()
+    assert torch.equal(act_quant(y)[1], act_quant(y, amax_eps=1e-12)[1])
+    with pytest.raises(ValueError, match="amax_eps"):
+        act_quant(x, amax_eps=0.0)
+
+
+def test_amax_floor_triton(kernels):
+    x = torch.cat([1e-10 * _rand(2, 128, seed=16), _rand(2, 128, seed=17)])
+    for eps in (1e-4, 1e-12):
+        qr, sr = act_quant(x, amax_eps=eps)
+        q, s = kernels.act_quant_triton(x.to(_dev(kernels)), amax_eps=eps)
+        assert _same_bits(q, qr) and torch.equal(s.cpu(), sr)
+
+
+def test_ue8m0_scales_are_powers_of_two_rounded_up():
+    from dsv3_edu.fp8.quant import round_scale_ue8m0
+    x = _rand(16, 512, seed=18) * torch.logspace(-3, 3, 512)
+    _, s = act_quant(x)
+    q, p = act_quant(x, scale_fmt="ue8m0")
+    assert torch.equal(p, torch.exp2(torch.ceil(torch.log2(s.double()))).float())   # the reference's formula
+    assert (p >= s).all() and (p < 2 * s).all()
+    m, _ = torch.frexp(p)
+    assert (m == 0.5).all()                                             # exactly a power of two
+    amax_q = q.float().abs().unflatten(-1, (4, 128)).amax(-1)
+    assert ((amax_q >= 224) & (amax_q <= 448)).all()                   # the largest |x| lands in [224, 448]
+    # exact at the edges: a power of two stays, the next float up goes to the next power
+    t = torch.tensor([1.0, 2.0 ** -20, 3.0, 1.0 + 2 ** -23, 2.0 ** 100])
+    assert round_scale_ue8m0(t).tolist() == [1.0, 2.0 ** -20, 4.0, 2.0, 2.0 ** 100]
+    # power-of-two scales cost precision: the largest value uses fewer of the 448 steps
+    assert quant_error(x, scale_fmt="ue8m0") > quant_error(x)
+    w = _rand(256, 256, seed=19)
+    wq, ws = weight_quant(w, scale_fmt="ue8m0")
+    assert (torch.frexp(ws)[0] == 0.5).all()
+    with pytest.raises(ValueError, match="scale_fmt"):
+        act_quant(x, scale_fmt="e8m0")
+
+
+def test_ue8m0_in_the_model():
+    """ModelConfig.scale_fmt reaches every FP8-simulated GEMM; the forward differs from float scales."""
+    from dsv3_edu.config import ModelConfig
+    from dsv3_edu.model import Transformer
+    cfg = ModelConfig(vocab_size=64, dim=128, n_layers=2, n_dense_layers=1, inter_dim=128, n_heads=2,
+                      q_lora_rank=0, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+                      max_seq_len=16, moe_inter_dim=64, n_routed_experts=4, n_activated_experts=2,
+                      n_expert_groups=1, n_limited_groups=1, n_mtp=0, fp8=True)
+    torch.manual_seed(0)
+    a = Transformer(cfg).eval()
+    b = Transformer(cfg.replace(scale_fmt="ue8m0")).eval()
+    b.load_state_dict(a.state_dict())
+    assert {m.scale_fmt for m in b.modules() if getattr(m, "fp8", False)} == {"ue8m0"}
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        la, lb = a(x).logits, b(x).logits
+    assert not torch.equal(la, lb) and (la - lb).abs().max() < 0.1 * la.abs().max()
+    with pytest.raises(ValueError, match="scale_fmt"):
+        cfg.replace(scale_fmt="fp32")
+
+
+def test_gradient_floor_keeps_small_gradients():
+    """Output gradients use GRAD_AMAX_EPS (1e-12), not the reference's 1e-4 inference floor: a gradient tile
+    with amax ~3e-9 keeps FP8 precision instead of being pushed into the subnormals."""
+    from dsv3_edu.fp8.simulate import GRAD_AMAX_EPS
+    assert GRAD_AMAX_EPS == 1e-12
+    y = torch.zeros(4, 128, requires_grad=True)
+    g = 1e-9 * _rand(4, 128, seed=20)
+    qdq_grad(y).backward(g)
+    assert ((y.grad - g).norm() / g.norm()) < 0.05
+    assert quant_error(g) > 0.05                                        # the 1e-4 floor would lose it

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 
 from .build import DEFAULT_FIM_RATE, DEFAULT_VAL_FRACTION, build_dataset, load_corpus, train_default_tokenizer
 from .corpus import DEFAULT_MAX_BYTES
 from .packing import PACKINGS
-from .tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, token_stats
+from .tokenizer import DEFAULT_VOCAB_SIZE, SPECIAL_TOKENS, load_tokenizer, token_stats
 
 
 def manifest_summary(m: dict) -> dict:
@@ -36,8 +38,41 @@ def manifest_summary(m: dict) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dsv3_edu.data", description=__doc__.split("\n")[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _check_args(a) -> None:
+    """Refuse bad numbers before anything is read or written (a failed build must not invalidate the cache)."""
+    def need(ok, msg):
+        if not ok:
+            raise ValueError(msg)
+    for name in ("fim_rate", "val_fraction"):
+        v = getattr(a, name, None)
+        need(v is None or math.isfinite(v), f"--{name.replace('_', '-')} must be a finite number, got {v}")
+    if a.cmd == "build":
+        need(0.0 <= a.fim_rate <= 1.0, f"--fim-rate must be in [0, 1], got {a.fim_rate}")
+        need(0.0 <= a.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {a.val_fraction}")
+    if getattr(a, "vocab_size", None) is not None:
+        need(a.vocab_size >= 256 + len(SPECIAL_TOKENS),
+             f"--vocab-size must be >= {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens), got {a.vocab_size}")
+    need(getattr(a, "max_bytes", 1) > 0, f"--max-bytes must be positive, got {getattr(a, 'max_bytes', None)}")
+    tok = getattr(a, "tokenizer", None)
+    if tok is not None:
+        try:
+            load_tokenizer(tok)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--tokenizer {tok}: no such file") from None
+        except Exception as e:  # noqa: BLE001 (the tokenizers library raises a bare Exception on a bad file)
+            raise ValueError(f"--tokenizer {tok}: not a tokenizer.json ({e})") from None
+
+
+def main(argv=None) -> int:
+    """The CLI; bad input (a missing path, a bad number, a malformed tokenizer) gives one line and exit 1."""
+    p = _Parser(prog="python -m dsv3_edu.data", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     b = sub.add_parser("build", help="build (or reuse) the packed train/val token streams")
@@ -73,6 +108,16 @@ def main(argv=None) -> None:
     k.add_argument("--split", default="train", choices=("train", "val"))
 
     a = p.parse_args(argv)
+    try:
+        _check_args(a)
+        _run(a)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(a) -> None:
     if a.cmd == "build":
         tok = "train" if a.train_tokenizer else a.tokenizer
         built = build_dataset(a.source, a.out, a.vocab_size, tok, a.fim_rate, a.val_fraction, a.seed,
@@ -105,4 +150,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,11 @@ everywhere, so the CPU tests test the GPU code. (The other fix would be to store
 and cast in torch; that splits the kernel in two and would leave the interpreter and the GPU running different
 code.) :func:`fp8_cast_triton` shows the trap and the fix side by side. The widening direction FP8 -> float32
 is exact on the interpreter for every finite value (the tests check all 256 bytes); only the NaN/inf bytes
-decode wrongly there (e.g. E4M3 NaN -> 480), and quantization never produces them.
+decode wrongly there (e.g. E4M3 NaN -> 480), and a NaN input quantizes to the NaN byte. So the kernels handle
+special values themselves (see :func:`dsv3_edu.fp8.quant.act_quant` for the behaviour, the reference kernel's on
+a GPU): ``act_quant_kernel`` ignores NaN in the amax and writes the NaN byte 0x7F itself (the interpreter's cast
+of a NaN depends on its payload), ``weight_dequant_kernel`` decodes NaN / inf bytes (:func:`decode_fp8_specials`),
+and ``fp8_gemm_kernel`` marks rows and columns holding a NaN byte (``NAN_FIX``, interpreter only).
 
 Two smaller things for bit-exactness: divisions use ``tl.math.div_rn`` (IEEE round-to-nearest, like torch;
 Triton's ``/`` on a GPU may use a faster approximate division), and ``tl.dot`` on FP8 needs an sm_89+ GPU
@@ -68,7 +72,7 @@ import triton  # noqa: E402  (after use_triton_interpreter, on purpose)
 import triton.language as tl  # noqa: E402
 
 from .formats import format_info  # noqa: E402
-from .quant import AMAX_EPS  # noqa: E402
+from .quant import AMAX_EPS, check_scale_args  # noqa: E402
 
 
 def _fmt_constants(fmt: str) -> dict:
@@ -96,7 +100,8 @@ def round_to_fp8_grid(y, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VAL
     r = (r + 8388608.0) - 8388608.0                                           # round to integer, ties to even
     q = r * ulp                                                               # exact: back on the FP8 grid
     sign = (y.to(tl.int32, bitcast=True) >> 31) << 31                         # y's sign bit (keeps -0.0)
-    return (q.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    q = (q.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    return tl.where(y != y, y, q)        # NaN stays NaN (a GPU's min() would have turned it into MAX_VAL)
 
 
 @triton.jit
@@ -127,22 +132,31 @@ def fp8_cast_triton(x: torch.Tensor, fmt: str = "e4m3", exact: bool = True) -> t
 
 @triton.jit
 def act_quant_kernel(x_ptr, y_ptr, s_ptr, K, n_blocks, BLOCK: tl.constexpr, AMAX_EPS: tl.constexpr,
-                     MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VAL: tl.constexpr):
+                     UE8M0: tl.constexpr, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr, MAX_VAL: tl.constexpr):
     """One program = one 1 x BLOCK tile: row ``pid 0``, K-block ``pid 1``; the tail of a row is masked."""
     row = tl.program_id(axis=0)
     kb = tl.program_id(axis=1)
     offs = kb * BLOCK + tl.arange(0, BLOCK)                                  # (BLOCK,)
     mask = offs < K
     x = tl.load(x_ptr + row * K + offs, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x)), AMAX_EPS)
+    # NaN ignored by the amax, explicitly: a GPU's max() skips NaN, the interpreter's numpy max() would not
+    amax = tl.max(tl.where(x != x, 0.0, tl.abs(x)))
+    amax = tl.maximum(amax, AMAX_EPS)                                         # the reference's 1e-4 floor
     s = tl.math.div_rn(amax, MAX_VAL)                                         # scale = amax / 448
+    if UE8M0:                                                                 # round up to a power of two
+        s = ((s.to(tl.int32, bitcast=True) + 0x7FFFFF) & -0x800000).to(tl.float32, bitcast=True)
     y = round_to_fp8_grid(tl.math.div_rn(x, s), MANT_BITS, MIN_EXP, MAX_VAL)
     tl.store(y_ptr + row * K + offs, y.to(y_ptr.dtype.element_ty), mask=mask)  # exact cast: y is on the grid
+    # NaN: write the canonical NaN byte 0x7F (E4M3 S.1111.111, E5M2 S.11111.11) ourselves. A GPU's cast gives
+    # 0x7F too, but the interpreter's cast depends on the NaN's payload (0/0 -> 0x7C = 240 in E4M3).
+    y_bytes = y_ptr.to(tl.pointer_type(tl.uint8))
+    tl.store(y_bytes + row * K + offs, tl.full((BLOCK,), 0x7F, tl.uint8), mask=mask & (y != y))
     tl.store(s_ptr + row * n_blocks + kb, s)
 
 
-def act_quant_triton(x: torch.Tensor, block: int = 128, fmt: str = "e4m3") -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of :func:`dsv3_edu.fp8.quant.act_quant`.
+def act_quant_triton(x: torch.Tensor, block: int = 128, fmt: str = "e4m3", amax_eps: float = AMAX_EPS,
+                     scale_fmt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton twin of :func:`dsv3_edu.fp8.quant.act_quant` (same amax floor, scale format and special values).
 
     x (..., K) -> x_fp8 (..., K), scale (..., ceil(K / block)) float32; K need not be a multiple of ``block``.
     """
@@ -150,18 +164,34 @@ def act_quant_triton(x: torch.Tensor, block: int = 128, fmt: str = "e4m3") -> tu
         raise ValueError(f"block must be a power of two (tl.arange needs one), got {block}")
     if x.dim() == 0 or x.size(-1) == 0:
         raise ValueError(f"act_quant_triton needs x of shape (..., K) with K > 0, got {tuple(x.shape)}")
+    check_scale_args(fmt, amax_eps, scale_fmt)
     x = x.contiguous()
     K = x.size(-1)
     M = x.numel() // K
     nb = math.ceil(K / block)
     y = torch.empty(x.shape, dtype=format_info(fmt)["dtype"], device=x.device)
     s = torch.empty(*x.shape[:-1], nb, dtype=torch.float32, device=x.device)
-    act_quant_kernel[(M, nb)](x, y, s, K, nb, BLOCK=block, AMAX_EPS=AMAX_EPS, **_fmt_constants(fmt))
+    act_quant_kernel[(M, nb)](x, y, s, K, nb, BLOCK=block, AMAX_EPS=float(amax_eps),
+                              UE8M0=scale_fmt == "ue8m0", **_fmt_constants(fmt))
     return y, s
 
 
 @triton.jit
-def weight_dequant_kernel(x_ptr, s_ptr, y_ptr, M, N, BLOCK: tl.constexpr):
+def decode_fp8_specials(x, x_bytes, E5M2: tl.constexpr):
+    """``x``: FP8 values already widened to float32; ``x_bytes``: the same values' bytes (uint8). Returns x with
+    NaN (and E5M2's +-inf) bytes decoded as such: the interpreter widens them wrongly (E4M3 NaN -> 480), a GPU
+    rightly, so this is a no-op there."""
+    low = x_bytes & 0x7F                                                      # the byte without its sign bit
+    if E5M2:
+        x = tl.where(low == 0x7C, tl.where(x_bytes > 0x7F, -float("inf"), float("inf")), x)
+        x = tl.where(low > 0x7C, float("nan"), x)
+    else:
+        x = tl.where(low == 0x7F, float("nan"), x)
+    return x
+
+
+@triton.jit
+def weight_dequant_kernel(x_ptr, s_ptr, y_ptr, M, N, BLOCK: tl.constexpr, E5M2: tl.constexpr):
     """One program = one BLOCK x BLOCK block: y = x_fp8 * scale_inv[block]; edges masked."""
     pid_m = tl.program_id(axis=0)
     pid_n = tl.program_id(axis=1)
@@ -171,6 +201,7 @@ def weight_dequant_kernel(x_ptr, s_ptr, y_ptr, M, N, BLOCK: tl.constexpr):
     offs = offs_m[:, None] * N + offs_n[None, :]                              # (BLOCK, BLOCK)
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+    x = decode_fp8_specials(x, tl.load(x_ptr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask), E5M2)
     s = tl.load(s_ptr + pid_m * n_blocks + pid_n)
     tl.store(y_ptr + offs, (x * s).to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -193,17 +224,20 @@ def weight_dequant_triton(w_fp8: torch.Tensor, scale_inv: torch.Tensor, block: i
     w_fp8, scale_inv = w_fp8.contiguous(), scale_inv.contiguous()
     y = torch.empty(M, N, dtype=out_dtype or torch.get_default_dtype(), device=w_fp8.device)
     grid = (math.ceil(M / block), math.ceil(N / block))
-    weight_dequant_kernel[grid](w_fp8, scale_inv, y, M, N, BLOCK=block)
+    weight_dequant_kernel[grid](w_fp8, scale_inv, y, M, N, BLOCK=block, E5M2=w_fp8.dtype == torch.float8_e5m2)
     return y
 
 
 @triton.jit
 def fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, a_s_ptr, b_s_ptr, M, N, K,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    NAN_FIX: tl.constexpr = False, NAN_LOW: tl.constexpr = 0x7F):
     """C (M, N) = A (M, K) @ B (N, K)^T, A scaled per 1 x BLOCK_K tile, B per BLOCK_K x BLOCK_K block.
 
     a_s (M, k) and b_s (ceil(N / BLOCK_K), k) with k = ceil(K / BLOCK_K). Each K-step: an FP8 x FP8 tensor-core
     product with a fresh accumulator, then ``* a_s[m] * b_s[n // BLOCK_K]`` and += into the FP32 accumulator.
+    NAN_FIX (the interpreter only, whose tl.dot widens an FP8 NaN to a finite number): a row of A or a column of
+    B holding a NaN byte (sign-less byte >= NAN_LOW) makes its outputs NaN, as the tensor cores do.
     """
     pid_m = tl.program_id(axis=0)
     pid_n = tl.program_id(axis=1)
@@ -219,6 +253,8 @@ def fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, a_s_ptr, b_s_ptr, M, N, K,
     b_s_ptrs = b_s_ptr + (offs_n // BLOCK_K) * k                              # column block scales, K-block 0
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_nan = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    b_nan = tl.zeros((BLOCK_N,), dtype=tl.int32)
     for i in range(k):
         k_left = K - i * BLOCK_K
         a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
@@ -226,10 +262,19 @@ def fp8_gemm_kernel(a_ptr, b_ptr, c_ptr, a_s_ptr, b_s_ptr, M, N, K,
         a_s = tl.load(a_s_ptrs, mask=mask_m, other=0.0)
         b_s = tl.load(b_s_ptrs, mask=mask_n, other=0.0)
         acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]                     # promote + dequant per K-block
+        if NAN_FIX:
+            a_low = tl.load(a_ptrs.to(tl.pointer_type(tl.uint8)), mask=mask_m[:, None] & (offs_k[None, :] < k_left),
+                            other=0) & 0x7F
+            b_low = tl.load(b_ptrs.to(tl.pointer_type(tl.uint8)), mask=mask_n[None, :] & (offs_k[:, None] < k_left),
+                            other=0) & 0x7F
+            a_nan = tl.maximum(a_nan, tl.max((a_low >= NAN_LOW).to(tl.int32), axis=1))
+            b_nan = tl.maximum(b_nan, tl.max((b_low >= NAN_LOW).to(tl.int32), axis=0))
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
         a_s_ptrs += 1
         b_s_ptrs += 1
+    if NAN_FIX:
+        acc = tl.where((a_nan[:, None] > 0) | (b_nan[None, :] > 0), float("nan"), acc)
     c_ptrs = c_ptr + offs_m[:, None] * N + offs_n[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -265,7 +310,8 @@ def fp8_gemm_triton(a: torch.Tensor, a_s: torch.Tensor, b: torch.Tensor, b_s: to
     if INTERPRET:
         BM, BN = 64, 64
         fp8_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
-            a, b, c, a_s, b_s, M, N, K, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=block)
+            a, b, c, a_s, b_s, M, N, K, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=block,
+            NAN_FIX=True, NAN_LOW=0x7F if a.dtype == torch.float8_e4m3fn else 0x7D)
     else:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
         _fp8_gemm_tuned[grid](a, b, c, a_s, b_s, M, N, K)

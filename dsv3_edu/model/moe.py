@@ -103,6 +103,8 @@ _HAS_GROUPED_MM = hasattr(F, "grouped_mm")
 class Experts(nn.Module):
     """All routed experts' SwiGLU weights stacked: w1, w3 (E, I, d) and w2 (E, d, I)."""
 
+    scale_fmt: str | None = None  # FP8 scale format (cfg.scale_fmt), set by Transformer.__init__
+
     def __init__(self, n_experts: int, dim: int, inter_dim: int, fp8: bool = False):
         super().__init__()
         self.fp8 = fp8
@@ -113,7 +115,8 @@ class Experts(nn.Module):
     def _mm(self, x, w, counts):
         if self.fp8:
             from ..fp8.simulate import qdq_act, qdq_grad, qdq_weight
-            return qdq_grad(grouped_mm(qdq_act(x), qdq_weight(w), counts))
+            sf = self.scale_fmt
+            return qdq_grad(grouped_mm(qdq_act(x, scale_fmt=sf), qdq_weight(w, scale_fmt=sf), counts), scale_fmt=sf)
         return grouped_mm(x, w, counts)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -90,6 +90,9 @@ class Transformer(nn.Module):
         self.head = Linear(cfg.dim, cfg.vocab_size)                             # kept in high precision
         self.mtp = nn.ModuleList(MTPModule(cfg, cfg.n_layers + k) for k in range(cfg.n_mtp))
         self.register_buffer("freqs_cis", precompute_freqs_cis(cfg), persistent=False)
+        for m in self.modules():                        # FP8 scale format of every FP8-simulated GEMM
+            if getattr(m, "fp8", False):
+                m.scale_fmt = cfg.scale_fmt
         if self.embed.weight.device.type != "meta":
             self.reset_parameters()
 
