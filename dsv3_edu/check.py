@@ -71,6 +71,7 @@ class Settings:
     spec_preset: str = "tiny"
     spec_train_steps: int = 300
     spec_new_tokens: int = 200
+    kernel_test_filter: str | None = None   # a pytest -k expression to run only some kernel tests (CI)
     budgets: dict = field(default_factory=dict)   # part -> seconds
 
     @classmethod
@@ -106,8 +107,16 @@ class PartResult:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"status": self.status, "seconds": round(self.seconds, 3), "budget_s": self.budget_s,
-                "metrics": self.metrics, "goals": self.goals, "note": self.note, "error": self.error}
+        d = {"status": self.status, "seconds": round(self.seconds, 3), "budget_s": self.budget_s,
+             "metrics": self.metrics, "goals": self.goals, "note": self.note, "error": self.error}
+        return json.loads(json.dumps(d, default=_plain))     # tensors / numpy scalars -> plain numbers
+
+
+def _plain(v):
+    """JSON fallback for a metric: a one-element tensor or numpy scalar becomes its number, else its text."""
+    if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
+        return v.item()
+    return str(v)
 
 
 class Skip(Exception):
@@ -222,7 +231,7 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
-def run_kernel_tests(timeout_s: float) -> dict:
+def run_kernel_tests(timeout_s: float, select: str | None = None) -> dict:
     """Run the Triton kernel tests of tests/test_fp8.py on this machine's device; parse their JUnit XML."""
     import xml.etree.ElementTree as ET
     test_file = REPO / KERNEL_TEST_FILE
@@ -234,6 +243,7 @@ def run_kernel_tests(timeout_s: float) -> dict:
             [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         cmd = [sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider", "-p",
                "dsv3_edu.check", f"--junitxml={xml}", "--rootdir", str(REPO), "-o", "addopts="]
+        cmd += ["-k", select] if select else []
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s,
                               check=False)
         if not xml.is_file():
@@ -309,7 +319,7 @@ def part_kernels(s: Settings, res: PartResult, ctx: dict) -> None:
     if not kernels.INTERPRET and s.device == "cuda" and torch.cuda.get_device_capability() < (8, 9):
         m["fp8_dot_supported"] = False     # tl.dot on FP8 needs sm_89+: the GEMM tests will fail, say why
     t0 = time.perf_counter()
-    tests = run_kernel_tests(timeout_s=max(10.0, res.budget_s - 20))
+    tests = run_kernel_tests(max(10.0, res.budget_s - 20), s.kernel_test_filter)
     m["kernel_tests_seconds"] = round(time.perf_counter() - t0, 2)
     m["kernel_tests_passed"] = len(tests["passed"])
     m["kernel_tests_skipped"] = len(tests["skipped"])
@@ -699,7 +709,36 @@ def run_check(parts: list[str] | None = None, quick: bool = False, device: str |
     goals = [g for p in report["parts"].values() for g in p["goals"]]
     report["summary"] = {**counts, "goals_met": sum(g["met"] for g in goals), "goals": len(goals),
                          "all_ran_ok": counts["failed"] + counts["error"] + counts["timeout"] == 0}
+    validate_report(report)
     return report
+
+
+PART_KEYS = {"status": str, "seconds": float, "budget_s": (int, float), "metrics": dict, "goals": list,
+             "note": str, "error": (str, type(None))}
+GOAL_KEYS = {"name": str, "value": (int, float), "target": str, "met": bool}
+SUMMARY_KEYS = (*STATUSES, "goals_met", "goals", "all_ran_ok")
+
+
+def validate_report(report: dict) -> None:
+    """Raise ValueError naming the first thing that does not follow the report's schema (docs/gpu_check.md)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"check report: {what}")
+    for k, t in {"schema": int, "command": str, "started_utc": str, "device": str, "quick": bool, "parts": dict,
+                 "seconds": float, "summary": dict}.items():
+        need(isinstance(report.get(k), t), f"{k!r} missing or not {t.__name__}")
+    need(report["schema"] == SCHEMA_VERSION, f"schema {report['schema']} != {SCHEMA_VERSION}")
+    for name, p in report["parts"].items():
+        for k, t in PART_KEYS.items():
+            need(isinstance(p.get(k), t), f"part {name}: {k!r} missing or of the wrong type")
+        need(p["status"] in STATUSES, f"part {name}: status {p['status']!r} not in {STATUSES}")
+        need((p["status"] in ("error", "timeout")) == (p["error"] is not None),
+             f"part {name}: an error message exactly when the status is error/timeout")
+        for g in p["goals"]:
+            for k, t in GOAL_KEYS.items():
+                need(isinstance(g.get(k), t), f"part {name}: goal {k!r} missing or of the wrong type")
+    need(all(k in report["summary"] for k in SUMMARY_KEYS), f"summary lacks one of {SUMMARY_KEYS}")
+    json.dumps(report)      # JSON-ready: raises on a tensor or other non-JSON value
 
 
 def _fmt(v) -> str:
@@ -749,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=str) + "\n")
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"\nJSON report: {args.out}")
     return 0 if report["summary"]["all_ran_ok"] else 1
 
