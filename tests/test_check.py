@@ -108,3 +108,10 @@ def test_cli_writes_json_and_rejects_unknown_parts(tmp_path, capsys):
     assert "| env | ok |" in capsys.readouterr().out
     assert check.main(["--parts", "nope"]) == 2
     assert "unknown part" in capsys.readouterr().err
+
+
+def test_total_time_budget_skips_what_is_left():
+    report = run_check(device="cpu", progress=False, part_fns={"a": _ok, "b": _ok},
+                       settings=Settings.for_device("cpu"), max_minutes=0.05)   # 3 s: less than a part's minimum
+    assert [p["status"] for p in report["parts"].values()] == ["skipped", "skipped"]
+    assert "total time budget" in report["parts"]["a"]["note"]
