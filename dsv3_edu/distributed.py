@@ -22,7 +22,9 @@ W processes and on one, and compares losses and weights (``python -m dsv3_edu.ch
 """
 from __future__ import annotations
 
+import inspect
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -128,7 +130,23 @@ def wrap_ddp(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
     if not env.distributed:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # newer torch renamed the switch (forward_sync_buffers; it still syncs once at init, which is harmless here)
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else {"broadcast_buffers": False})
+    return ddp(model, device_ids=ids, **no_sync)
+
+
+def no_sync_unless(model: nn.Module, sync: bool):
+    """With gradient accumulation, DDP need only all-reduce on the last micro-batch: ``model.no_sync()`` before."""
+    if sync or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return nullcontext()
+    return model.no_sync()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
 
 
 def mean_over_ranks(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -200,5 +218,5 @@ def ddp_check(world_size: int = 2, backend: str | None = None, quick: bool = Tru
     same_biases = all(torch.equal(results[0]["state"][k], r["state"][k]) for r in results[1:]
                       for k in results[0]["state"] if k.endswith("gate.bias"))
     return {"world_size": world_size, "backend": backend, "device": results[0]["device"], "steps": tc.steps,
-            "global_batch": batch, "tolerance": 1e-4 if backend == "nccl" else 1e-5, "resumed_at": resume_at,
+            "global_batch": batch, "tolerance": 1e-4 if backend == "nccl" else 2e-5, "resumed_at": resume_at,
             "same_biases_on_all_ranks": same_biases, **errs}
