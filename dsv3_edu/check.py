@@ -460,6 +460,17 @@ def _train_step(model, opt, x, y, device, ours: bool) -> None:
     opt.step()
 
 
+def grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``aten._grouped_mm`` (the experts' one-kernel GEMM), which torch's FlopCounterMode does not count:
+    every row meets one group's matrix, so 2 * rows * in * out whatever the split. Forward and dX: (T, K) x
+    (E, K, N); dW: (K, T) x (T, N) grouped along T."""
+    if len(a_shape) == 2 and len(b_shape) == 3:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[2]
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]         # batched (E, M, K) x (E, K, N)
+
+
 def train_vs_hf(preset: str = "tiny", batch_size: int = 8, seq_len: int = 128, trials: int = 5,
                 steps_per_trial: int = 3, device: str | torch.device = "auto", count_flops: bool = True) -> dict:
     """Training-step throughput of dsv3_edu vs transformers' DeepseekV3ForCausalLM at an identical config.
@@ -499,7 +510,8 @@ def train_vs_hf(preset: str = "tiny", batch_size: int = 8, seq_len: int = 128, t
     flops = None
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as fc:
+        extra = {torch.ops.aten._grouped_mm: grouped_mm_flops} if hasattr(torch.ops.aten, "_grouped_mm") else {}
+        with FlopCounterMode(display=False, custom_mapping=extra) as fc:
             _train_step(ours, opts["dsv3_edu"], x, y, device, True)
         flops = fc.get_total_flops()
     tps = {k: [] for k in models}

@@ -115,3 +115,15 @@ def test_total_time_budget_skips_what_is_left():
                        settings=Settings.for_device("cpu"), max_minutes=0.05)   # 3 s: less than a part's minimum
     assert [p["status"] for p in report["parts"].values()] == ["skipped", "skipped"]
     assert "total time budget" in report["parts"]["a"]["note"]
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.aten, "_grouped_mm"), reason="this torch has no grouped_mm")
+def test_grouped_mm_flops_counted_forward_and_backward():
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(10, 8, requires_grad=True)                   # 10 rows, in 8
+    w = torch.randn(3, 4, 8, requires_grad=True)                 # 3 experts, out 4
+    offs = torch.tensor([3, 7, 10], dtype=torch.int32)
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten._grouped_mm: check.grouped_mm_flops}) as fc:
+        y = torch.nn.functional.grouped_mm(x, w.transpose(1, 2), offs=offs)
+        y.pow(2).sum().backward()
+    assert fc.get_total_flops() == 3 * (2 * 10 * 8 * 4)           # forward, dX, dW: one dense GEMM's worth each
