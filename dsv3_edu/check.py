@@ -71,6 +71,8 @@ class Settings:
     spec_preset: str = "tiny"
     spec_train_steps: int = 300
     spec_new_tokens: int = 200
+    spec_batch: int = 32
+    spec_seq: int = 128
     kernel_test_filter: str | None = None   # a pytest -k expression to run only some kernel tests (CI)
     budgets: dict = field(default_factory=dict)   # part -> seconds
 
@@ -87,7 +89,7 @@ class Settings:
         # CPU: what can run here, at sizes that take seconds (fp32, gloo, the Triton interpreter)
         s = cls(device, quick, gemm_shapes=[], train_preset="nano", train_batch=2, train_seq=32, train_trials=2,
                 train_steps_per_trial=1, dist_world=2, ep_preset="nano", spec_preset="nano", spec_train_steps=60,
-                spec_new_tokens=24, budgets={k: 3 * v for k, v in budgets.items()})
+                spec_new_tokens=24, spec_batch=8, spec_seq=32, budgets={k: 3 * v for k, v in budgets.items()})
         if quick:
             s.dist_world, s.spec_train_steps, s.spec_new_tokens = 2, 40, 16
         return s
@@ -171,8 +173,10 @@ def run_part(name: str, fn: Callable, s: Settings, ctx: dict, left_s: float = ma
         res.error = f"{type(e).__name__}: {e}"[:2000]
         res.metrics["traceback_tail"] = traceback.format_exc()[-1500:]
     res.seconds = time.perf_counter() - t0
-    if res.status == "ok" and any(k.endswith("_mismatch") and v for k, v in res.metrics.items()):
+    wrong = [f"{k}={v}" for k, v in res.metrics.items() if k.endswith("_mismatch") and v]
+    if res.status == "ok" and wrong:
         res.status = "failed"
+        res.note = "; ".join(filter(None, [res.note, "mismatch: " + ", ".join(wrong)]))
     return res
 
 
@@ -210,7 +214,9 @@ def part_env(s: Settings, res: PartResult, ctx: dict) -> None:
         m["gpu_memory_gib"] = round(p.total_memory / 2 ** 30, 1)
         m["compute_capability"] = f"{p.major}.{p.minor}"
         m["cuda_runtime"] = torch.version.cuda
-        m["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None
+        with suppress(Exception):
+            v = torch.cuda.nccl.version()                     # a tuple in recent torch, an int in old ones
+            m["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                  capture_output=True, text=True, timeout=20, check=False)
@@ -650,9 +656,9 @@ def part_speculative(s: Settings, res: PartResult, ctx: dict) -> None:
     vocab = cfg_probe.model_config().vocab_size
     stream = synthetic_stream(40_000, vocab)
     ds = TokenDataset(stream[:36_000], stream[36_000:])
-    tc = TrainConfig(preset=s.spec_preset, steps=s.spec_train_steps, batch_size=16, seq_len=64, warmup_steps=10,
-                     eval_every=10 ** 9, log_every=max(1, s.spec_train_steps), out_dir=None, plots=False,
-                     device=s.device)
+    tc = TrainConfig(preset=s.spec_preset, steps=s.spec_train_steps, batch_size=s.spec_batch, seq_len=s.spec_seq,
+                     warmup_steps=10, eval_every=10 ** 9, eval_batches=1, log_every=max(1, s.spec_train_steps),
+                     out_dir=None, plots=False, device=s.device)
     model = train(tc, dataset=ds, progress=False).model
     device = next(model.parameters()).device
     prompt = stream[36_000:36_016].long()[None].to(device)
@@ -672,7 +678,8 @@ def part_speculative(s: Settings, res: PartResult, ctx: dict) -> None:
         times["speculative"].append(time.perf_counter() - t0)
     tp, ts = statistics.median(times["plain"]), statistics.median(times["speculative"])
     m = res.metrics
-    m.update({"preset": s.spec_preset, "train_steps": s.spec_train_steps, "new_tokens": n_new,
+    m.update({"preset": s.spec_preset, "train_steps": s.spec_train_steps,
+              "train_tokens": s.spec_train_steps * s.spec_batch * s.spec_seq, "new_tokens": n_new,
               "device": str(device), "acceptance_rate": round(st.acceptance_rate, 4),
               "tokens_per_forward": round(st.tokens_per_forward, 3), "plain_s": round(tp, 4),
               "speculative_s": round(ts, 4), "speedup": round(tp / ts, 3),

@@ -13,7 +13,7 @@ from dsv3_edu.check import Settings, markdown, run_check, validate_report
 def _tiny_cpu_settings() -> Settings:
     s = Settings.for_device("cpu", quick=True)
     s.train_batch, s.train_seq, s.train_trials, s.train_steps_per_trial = 1, 16, 1, 1
-    s.dist_world, s.spec_train_steps, s.spec_new_tokens = 1, 4, 6
+    s.dist_world, s.spec_train_steps, s.spec_new_tokens, s.spec_batch = 1, 4, 6, 2
     s.kernel_test_filter = "cast_trap or act_quant_triton_bit_exact"   # two of the interpreter kernel tests
     return s
 
@@ -41,7 +41,8 @@ def test_check_runs_on_cpu_and_skips_gpu_parts():
         assert p[name]["status"] == "ok", p[name]
         assert p[name]["metrics"]["backend"] == "gloo" and p[name]["metrics"]["world_size"] == 1
         assert all(g["met"] for g in p[name]["goals"])
-    assert p["ddp"]["status"] in ("ok", "skipped")
+    d = p["ddp"]
+    assert d["status"] == "ok" and d["metrics"]["world_size"] == 1 and d["metrics"]["same_biases_on_all_ranks"]
     sp = p["speculative"]
     assert sp["status"] == "ok" and sp["metrics"]["identical_to_greedy"] is True and sp["metrics"]["speedup"] > 0
     table = markdown(report)
@@ -80,6 +81,7 @@ def test_failures_are_reported_and_the_rest_still_runs(tmp_path):
     assert st == {"boom": "error", "ok": "ok", "wrong": "failed", "slow": "timeout", "gpu": "skipped", "after": "ok"}
     assert "kaboom in part" in report["parts"]["boom"]["error"]
     assert "budget" in report["parts"]["slow"]["error"]
+    assert "values_mismatch" in report["parts"]["wrong"]["note"]
     sm = report["summary"]
     assert (sm["ok"], sm["failed"], sm["error"], sm["timeout"], sm["skipped"]) == (2, 1, 1, 1, 1)
     assert sm["all_ran_ok"] is False and (sm["goals_met"], sm["goals"]) == (2, 2)
