@@ -577,7 +577,7 @@ def _backend(s: Settings) -> str:
 def part_ep(s: Settings, res: PartResult, ctx: dict) -> None:
     from .config import get_config
     from .parallel.ep import ep_check_worker
-    from .parallel.pipeline.executor import spawn_run
+    from .parallel.launch import spawn_run
     cfg = get_config(s.ep_preset)
     world = s.dist_world
     while cfg.n_routed_experts % world:
@@ -595,7 +595,8 @@ def part_ep(s: Settings, res: PartResult, ctx: dict) -> None:
 
 
 def part_pipeline(s: Settings, res: PartResult, ctx: dict) -> None:
-    from .parallel.pipeline.executor import max_grad_error, pipeline_steps, spawn_run
+    from .parallel.launch import spawn_run
+    from .parallel.pipeline.executor import max_grad_error, pipeline_steps
     world = s.dist_world
     methods = ["1f1b", "zb1p", "dualpipev"] + (["dualpipe"] if world % 2 == 0 else [])
     n_micro = {"1f1b": world + 2, "zb1p": world + 3, "dualpipe": 2 * world + 2, "dualpipev": 2 * world + 1}

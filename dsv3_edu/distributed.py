@@ -23,7 +23,6 @@ W processes and on one, and compares losses and weights (``python -m dsv3_edu.ch
 from __future__ import annotations
 
 import inspect
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -50,34 +49,22 @@ class DistEnv:
         return self.world_size > 1
 
 
-def launched_by_torchrun() -> bool:
-    """True inside ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
-
-
-def setup(device_name: str = "auto") -> tuple[DistEnv, torch.device | None]:
-    """Join (or, under torchrun, create) the process group; returns (env, device for this rank).
-
-    The device is ``cuda:LOCAL_RANK`` with NCCL and the CPU with gloo; with no process group it is None (the
-    caller picks as for one process). An existing group (``spawn_run``, a test) is used as it is.
+def setup() -> tuple[DistEnv, torch.device | None]:
+    """Join the process group: an existing one (``spawn_run``, a test) as it is, or, under ``torchrun``, the one
+    torchrun prepared (``parallel.launch.init_torchrun``: NCCL with CUDA, else gloo). Returns (env, this rank's
+    device: ``cuda:LOCAL_RANK`` with NCCL, the CPU with gloo); with no process group (DistEnv(), None), and the
+    caller picks the device as for one process. (Under torchrun, ``TrainConfig.device`` is not consulted: the
+    backend decides, as for the other parallel code.)
     """
-    if dist.is_available() and dist.is_initialized():
-        env = DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", str(dist.get_rank()))),
-                      dist.get_backend())
-    elif launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) >= 1:
-        backend = "nccl" if torch.cuda.is_available() and device_name in ("auto", "cuda") else "gloo"
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
-        env = DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, backend, owns_group=True)
-    else:
-        return DistEnv(), None
-    if env.backend == "nccl":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    from .parallel.launch import init_torchrun, rank_device, running_under_torchrun
+    owns = False
+    if not (dist.is_available() and dist.is_initialized()):
+        if not running_under_torchrun():
+            return DistEnv(), None
+        init_torchrun()
+        owns = True
+    device = rank_device()
+    env = DistEnv(dist.get_rank(), dist.get_world_size(), device.index or 0, dist.get_backend(), owns_group=owns)
     return env, device
 
 
@@ -197,7 +184,7 @@ def ddp_check(world_size: int = 2, backend: str | None = None, quick: bool = Tru
     """
     from .check import synthetic_stream
     from .config import get_config
-    from .parallel.pipeline.executor import pick_backend, spawn_run
+    from .parallel.launch import pick_backend, spawn_run
     from .train import TrainConfig, train
     backend = backend or pick_backend()
     batch = 4 if quick else 8

@@ -185,7 +185,7 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
     Under ``torchrun`` (or inside an initialised process group) this trains data-parallel: ``batch_size`` is the
     global batch, split over the ranks; see ``dsv3_edu.distributed``.
     """
-    env, rank_device = distributed.setup(tc.device)    # one process: (DistEnv(), None)
+    env, rank_device = distributed.setup()    # one process: (DistEnv(), None)
     try:
         result = _train(tc, env, rank_device, dataset, resume, progress, model_cfg, stop_after)
         distributed.barrier(env)       # rank 0's last checkpoint is on disk before any rank goes on
