@@ -149,15 +149,17 @@ def mean_over_ranks(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 
 def _ddp_train_worker(rank: int, world_size: int, tc_dict: dict, train_tokens, val_tokens, resume_at: int = 0,
-                      out_dir: str | None = None) -> dict:
-    """One rank of a data-parallel run (spawn_run initialised the group); returns its history and weights."""
+                      out_dir: str | None = None, resume: bool = True) -> dict:
+    """One rank of a data-parallel run (spawn_run initialised the group); returns its history and weights.
+    ``resume_at`` > 0: stop after that step (checkpoint in ``out_dir``), then, if ``resume``, resume to the end."""
     from .data import TokenDataset
     from .train import TrainConfig, train
     tc = TrainConfig.from_dict({**tc_dict, "out_dir": out_dir})
     ds = TokenDataset(train_tokens, val_tokens)
     if resume_at:
-        train(tc, dataset=ds, progress=False, stop_after=resume_at)
-        res = train(tc, dataset=ds, progress=False, resume=out_dir)
+        res = train(tc, dataset=ds, progress=False, stop_after=resume_at)
+        if resume:
+            res = train(tc, dataset=ds, progress=False, resume=out_dir)
     else:
         res = train(tc, dataset=ds, progress=False)
     model = res.model

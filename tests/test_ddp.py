@@ -43,3 +43,27 @@ def test_sharded_batches_take_this_ranks_rows():
     assert shards[1].state_dict() == {"n": 1}
     with pytest.raises(ValueError, match="divisible by the number of processes 4"):
         check_global_batch(6, 4)
+
+
+def test_two_process_checkpoint_resumes_in_one_process(tmp_path):
+    """The checkpoint does not depend on the number of processes: 2 ranks stop after step 3, one process resumes
+    to step 6 and ends where a single uninterrupted process does."""
+    from dataclasses import asdict
+
+    from dsv3_edu.check import synthetic_stream
+    from dsv3_edu.data import TokenDataset
+    from dsv3_edu.distributed import _ddp_train_worker
+    from dsv3_edu.parallel.launch import spawn_run
+    from dsv3_edu.train import TrainConfig, train
+    stream = synthetic_stream(6000, 8192)
+    ds = TokenDataset(stream[:5000], stream[5000:])
+    tc = TrainConfig(preset="nano", steps=6, batch_size=4, seq_len=32, warmup_steps=2, log_every=1,
+                     eval_every=10 ** 9, eval_batches=1, bf16=False, out_dir=None, plots=False, device="cpu")
+    ref = train(tc, dataset=ds, progress=False)
+    spawn_run(2, _ddp_train_worker, asdict(tc), stream[:5000], stream[5000:], 3, str(tmp_path), False, backend="gloo")
+    tc.out_dir = str(tmp_path)
+    res = train(tc, dataset=ds, progress=False, resume=str(tmp_path))
+    assert json.loads((tmp_path / "checkpoint" / "train_config.json").read_text())["world_size"] == 1
+    assert [r["loss"] for r in res.history] == pytest.approx([r["loss"] for r in ref.history], abs=1e-5)
+    for (k, a), b in zip(res.model.state_dict().items(), ref.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0, msg=k)
