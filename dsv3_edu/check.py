@@ -78,7 +78,7 @@ class Settings:
 
     @classmethod
     def for_device(cls, device: str, quick: bool = False) -> Settings:
-        budgets = {"env": 30, "kernels": 100, "gemm": 120, "train": 110, "ep": 45, "pipeline": 45, "ddp": 60,
+        budgets = {"env": 30, "kernels": 150, "gemm": 120, "train": 110, "ep": 45, "pipeline": 45, "ddp": 60,
                    "speculative": 60}
         if device == "cuda":
             s = cls(device, quick, dist_world=max(1, min(torch.cuda.device_count(), 4)), budgets=budgets)
