@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -34,6 +36,8 @@ def _train(args) -> int:
     except (TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 reports, draws and samples
+        return 0
     print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
     if res.out_dir:
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train a model (default: the tiny preset on the stdlib corpus)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
-        if f.name in ("model_overrides",):
+        if f.name in ("model_overrides", "world_size"):     # world_size: set by torchrun, recorded only
             continue
         d = getattr(defaults, f.name)
         kind = type(d) if d is not None else (int if f.name.endswith("bytes") else str)

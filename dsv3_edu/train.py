@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import distributed
 from .balance import balance_stats, reduce_loads, update_biases
 from .config import ModelConfig, get_config
 from .model import Transformer
@@ -53,6 +54,7 @@ class TrainConfig:
     data_source: str | None = None        # None: the default Python-stdlib corpus; else a file or folder
     data_max_bytes: int | None = None     # cap for the default corpus (None: the data package default)
     plots: bool = True                    # the command line writes loss.png and expert_load.png to out_dir
+    world_size: int = 1                   # processes of the run (data parallel, set by train(); recorded only)
 
     def validate(self) -> None:
         for f in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every"):
@@ -202,7 +204,21 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
 
     ``stop_after`` ends the run early at that step, as an interruption would (the schedule still runs to
     ``tc.steps``), after saving a checkpoint; resume with ``resume=out_dir``.
+
+    Under ``torchrun`` (or inside an initialised process group) this trains data-parallel: ``batch_size`` is the
+    global batch, split over the ranks; see ``dsv3_edu.distributed``.
     """
+    env, rank_device = distributed.setup()    # one process: (DistEnv(), None)
+    try:
+        result = _train(tc, env, rank_device, dataset, resume, progress, model_cfg, stop_after)
+        distributed.barrier(env)       # rank 0's last checkpoint is on disk before any rank goes on
+        return result
+    finally:
+        distributed.cleanup(env)
+
+
+def _train(tc: TrainConfig, env: distributed.DistEnv, rank_device, dataset, resume, progress: bool,
+           model_cfg: ModelConfig | None, stop_after: int | None) -> TrainResult:
     resume_dir = _resume_dir(resume)
     if resume_dir is not None:
         tc, model_cfg = _restore_configs(resume_dir, tc)
@@ -210,31 +226,38 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
     cfg = model_cfg or tc.model_config()
     if tc.seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
-    device = get_device(tc.device)
+    tc = replace(tc, world_size=env.world_size)           # recorded in the checkpoint's train_config.json
+    distributed.check_global_batch(tc.batch_size, env.world_size)
+    device = rank_device or get_device(tc.device)
     seed_everything(tc.seed)
     if dataset is None:
         dataset, _ = load_data(tc, cfg.vocab_size)
     model = Transformer(cfg).to(device)
     opt = make_optimizer(model, tc)
     batches = dataset.random("train", tc.batch_size, tc.seq_len, seed=tc.seed, device=device)
+    if env.distributed:       # every rank draws the global batch and keeps its rows
+        batches = distributed.ShardedBatches(dataset.random("train", tc.batch_size, tc.seq_len, seed=tc.seed),
+                                             env, device)
     step, history = 0, []
     if resume_dir is not None:
         step, history = restore_checkpoint(resume_dir, model, opt, batches, device)
-    out_dir = Path(tc.out_dir) if tc.out_dir else None
+    out_dir = Path(tc.out_dir) if tc.out_dir and env.is_main else None     # rank 0 writes the files
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     gamma = cfg.bias_update_speed if cfg.balance == "aux_free" else 0.0
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
 
     last = tc.steps if stop_after is None else min(stop_after, tc.steps)
-    bar = _progress(range(step, last), progress, initial=step, total=tc.steps)
+    bar = _progress(range(step, last), progress and env.is_main, initial=step, total=tc.steps)
     log = MetricsLog(out_dir, tc, tokens_per_step)
     model.train()
+    ddp_model = distributed.wrap_ddp(model, env, device)     # the model itself with one process
     t_start, loads = time.perf_counter(), []
     try:
         for step in bar:
             lr = lr_at(step, tc)
-            stats = train_step(model, opt, batches, tc, lr, device)
+            stats = train_step(ddp_model, opt, batches, tc, lr, device)
+            stats.losses = distributed.mean_over_ranks(stats.losses, env)   # log the global batch's losses
             loads = reduce_loads(stats.loads)  # data/expert parallelism: the one place loads are summed over ranks
             update_biases(model, loads, gamma)  # the aux-loss-free sign rule, outside autograd
             log.add(step, lr, stats)
@@ -271,11 +294,12 @@ def train_step(model: Transformer, opt, batches, tc: TrainConfig, lr: float, dev
     for g in opt.param_groups:
         g["lr"] = lr
     losses, loads = [], None
-    for _ in range(tc.grad_accum):
+    for i in range(tc.grad_accum):
         x, y = next(batches)
-        with autocast(device, tc.bf16):
-            out = model(x, y)
-        (out.loss / tc.grad_accum).backward()
+        with distributed.no_sync_unless(model, i == tc.grad_accum - 1):   # DDP: all-reduce on the last one
+            with autocast(device, tc.bf16):
+                out = model(x, y)
+            (out.loss / tc.grad_accum).backward()
         zero = torch.zeros((), device=out.loss.device)
         losses.append(torch.stack([out.loss.detach().float(), out.main_loss.detach().float(),
                                    (out.mtp_loss if out.mtp_loss is not None else zero).detach().float(),
