@@ -30,7 +30,7 @@ def read_notebook(path: str | Path) -> NotebookNode:
         raise ValueError(f"no such notebook: {path}")
     try:
         return nbformat.read(path, as_version=4)
-    except Exception as e:  # nbformat raises several kinds (JSON, schema, version)
+    except Exception as e:  # noqa: BLE001 (nbformat raises several kinds (JSON, schema, version))
         raise ValueError(f"{path} is not a readable Jupyter notebook ({type(e).__name__}: {e})") from None
 
 

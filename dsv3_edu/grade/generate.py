@@ -14,14 +14,27 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .cells import SOURCE_KEY, autograded_cells, read_notebook, repo_root, solution_notebooks
+from .cells import (
+    SOURCE_KEY,
+    autograded_cells,
+    read_notebook,
+    repo_root,
+    solution_notebooks,
+)
 from .clean import clean_notebook
 
 
 def make_exercise(solution: NotebookNode, name: str | None = None) -> NotebookNode:
     """The learner's version of a solution notebook (a new notebook; the input is not modified)."""
-    from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
-                                        ClearSolutions, ComputeChecksums, LockCells)
+    from nbgrader.preprocessors import (
+        CheckCellMetadata,
+        ClearHiddenTests,
+        ClearMarkScheme,
+        ClearOutput,
+        ClearSolutions,
+        ComputeChecksums,
+        LockCells,
+    )
 
     if not autograded_cells(solution):
         raise ValueError(f"{name or 'notebook'} has no autograded test cells (nbgrader metadata grade=true, "
@@ -38,7 +51,30 @@ def make_exercise(solution: NotebookNode, name: str | None = None) -> NotebookNo
         nb.metadata["language_info"] = {"name": nb.metadata["language_info"].get("name", "python")}
     if name:
         nb.metadata[SOURCE_KEY] = {"exercise_source": f"solutions/{name}"}
+    nb.cells += check_cells()
     return nb
+
+
+CHECK_CODE = "from dsv3_edu.grade import check\n\ncheck()"
+
+
+def check_cells() -> list[NotebookNode]:
+    """The last two cells of every exercise: how to grade, and the cell that grades this notebook."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell
+
+    md = new_markdown_cell(
+        "## Check your work\n\n"
+        "Save the notebook (Ctrl+S), then run the cell below. It grades the saved file exactly like "
+        "`python -m dsv3_edu.grade` does: your cells run in a fresh sandboxed process, top to bottom, and the "
+        "course's tests (hidden ones too) check your functions' results. The table shows each task's score and, "
+        "for a failed task, the message of the first check that failed.")
+    code = new_code_cell(CHECK_CODE)
+    md["id"], code["id"] = "dsv3-check-md", "dsv3-check"
+    for c in (md, code):
+        c.metadata[SOURCE_KEY] = {"check": True}
+        c.metadata["editable"] = False
+        c.metadata["deletable"] = False
+    return [md, code]
 
 
 def _normalised(nb: NotebookNode) -> dict:
@@ -76,7 +112,14 @@ def generate_exercises(solutions_dir: str | Path | None = None, exercises_dir: s
 
     An exercise a learner has worked in is not overwritten unless ``force``: ValueError lists them.
     """
-    from .probe import fixture_path, fixture_summary, load_fixture, record_fixture, save_fixture, source_digest
+    from .probe import (
+        fixture_path,
+        fixture_summary,
+        load_fixture,
+        record_fixture,
+        save_fixture,
+        source_digest,
+    )
 
     solutions_dir, exercises_dir = _dirs(solutions_dir, exercises_dir)
     exercises_dir.mkdir(parents=True, exist_ok=True)

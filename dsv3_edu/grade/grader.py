@@ -22,8 +22,18 @@ from pathlib import Path
 
 from nbformat import NotebookNode
 
-from .cells import (autograded_cells, check_source, find_source, grade_id, is_readonly_cell, is_solution_cell,
-                    is_test_cell, points, read_notebook)
+from .cells import (
+    SOURCE_KEY,
+    autograded_cells,
+    check_source,
+    find_source,
+    grade_id,
+    is_readonly_cell,
+    is_solution_cell,
+    is_test_cell,
+    points,
+    read_notebook,
+)
 
 SETUP_TIMEOUT = 300  # seconds for the source's read-only cells (trusted setup: imports can be slow on a busy machine)
 
@@ -80,6 +90,8 @@ class GradeReport:
             if t.status != "passed" and t.message and _one_line(t.message, 80) != t.message:  # cut in the table
                 body = "\n".join(("    " + ln).rstrip() for ln in t.message.splitlines()[:max_lines])
                 out.append(f"{t.grade_id} ({t.status}):\n{body}")
+        if self.notes:
+            out += ["note: " + n for n in self.notes]
         if self.errors:
             out.append("errors in other cells (they may explain the failures above):")
             out += ["    " + _one_line(e, 100) for e in self.errors]
@@ -87,6 +99,34 @@ class GradeReport:
 
     def __str__(self) -> str:
         return self.table()
+
+    def html(self) -> str:
+        """The score table as HTML (the check cell shows it), with each failing check's full message."""
+        from html import escape
+
+        colour = {"passed": "#1a7f37", "failed": "#cf222e", "timeout": "#9a6700", "not run": "#6e7781"}
+        rows = []
+        for t in self.tasks:
+            msg = escape(t.message) if t.message else ""
+            msg = f"<pre style='white-space:pre-wrap;margin:0'>{msg}</pre>" if msg else ""
+            rows.append(f"<tr><td><code>{escape(t.grade_id)}</code></td><td>{_num(t.points)}</td>"
+                        f"<td style='color:{colour.get(t.status, '#000')};font-weight:bold'>{_num(t.score)}</td>"
+                        f"<td>{escape(t.status)}</td><td style='text-align:left'>{msg}</td></tr>")
+        pct = 100 * self.score / self.max_score if self.max_score else 0.0
+        rows.append(f"<tr><td><b>TOTAL</b></td><td><b>{_num(self.max_score)}</b></td>"
+                    f"<td><b>{_num(self.score)}</b></td><td>{pct:.0f}%</td><td></td></tr>")
+        extra = "".join(f"<li>{escape(e)}</li>" for e in self.notes + self.errors)
+        extra = f"<p>Also:</p><ul>{extra}</ul>" if extra else ""
+        mode = "" if self.sandbox == "bubblewrap" else \
+            f"<p style='color:#9a6700'>Ran without a sandbox ({escape(self.sandbox)}).</p>"
+        return ("<div class='dsv3-grade-report'>"
+                f"<p><b>Score {_num(self.score)} / {_num(self.max_score)}</b> ({self.seconds:.0f} s)</p>"
+                "<table><thead><tr><th>task</th><th>points</th><th>score</th><th>status</th>"
+                "<th style='text-align:left'>message</th></tr></thead><tbody>" + "".join(rows) +
+                "</tbody></table>" + extra + mode + "</div>")
+
+    def _repr_html_(self) -> str:
+        return self.html()
 
 
 def _num(x: float) -> str:
@@ -127,6 +167,8 @@ def rebuild_for_grading(learner: NotebookNode, source: NotebookNode) -> tuple[No
     cells: list[NotebookNode] = []
     placed: set[str] = set()
     for cell in learner.cells:
+        if cell.get("metadata", {}).get(SOURCE_KEY, {}).get("check"):
+            continue  # the check cell grades the notebook: it has no place in the graded run
         src = by_key.get(("gid", grade_id(cell))) if grade_id(cell) else None
         src = src or (by_key.get(("id", cell["id"])) if cell.get("id") else None)
         if src is not None:
@@ -183,7 +225,7 @@ def _message(e: BaseException, code: str) -> str:
     ename = type(e).__name__
     try:
         evalue = str(e).strip()
-    except Exception:
+    except Exception:  # noqa: BLE001 (any __str__ may fail)
         evalue = ""
     if ename == "NotImplementedError" and not evalue:
         return "NotImplementedError: not done yet (replace `raise NotImplementedError()`)"
@@ -249,7 +291,7 @@ def _load_results(folder: Path, task: str) -> list | None:
                         "grads": None if r.get("grads") is None else [decode(g, tensors) for g in r["grads"]],
                         "changed": [(tuple(p), decode(v, tensors)) for p, v in r.get("changed", [])]})
         return out
-    except Exception:  # malformed data from the worker: the task is not graded
+    except Exception:  # noqa: BLE001 (malformed data from the worker: the task is not graded)
         return None
 
 
@@ -267,8 +309,7 @@ def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: 
     import shutil
     import tempfile
 
-    from .probe import (compare_grads, fixture_path, load_fixture, replay_function, run_test_cell_in,
-                        source_digest, worker_inputs)
+    from .probe import compare_grads, ensure_fixture, run_test_cell_in, worker_inputs
     from .sandbox import run_worker
 
     path = Path(path)
@@ -280,13 +321,7 @@ def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: 
         raise ValueError(f"{source} has no autograded test cells: it is not an exercise notebook")
     if timeout < 1:
         raise ValueError(f"timeout must be at least 1 second per cell, got {timeout}")
-    fx_path = fixture_path(source)
-    if not fx_path.is_file():
-        raise ValueError(f"no fixtures for {source.name} ({fx_path}): run `python -m dsv3_edu.grade generate`")
-    fixture = load_fixture(fx_path)
-    if fixture.get("digest") != source_digest(src_nb):
-        raise ValueError(f"the fixtures {fx_path.name} are out of date with {source.name}: "
-                         "run `python -m dsv3_edu.grade generate`")
+    fixture = ensure_fixture(source, src_nb, log=log)
     notes = _source_checks(learner, src_nb, path)
 
     nb, test_index = rebuild_for_grading(learner, src_nb)

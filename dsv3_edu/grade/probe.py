@@ -30,8 +30,6 @@ from pathlib import Path
 
 import torch
 
-from .cells import is_readonly_cell, is_solution_cell, is_test_cell, grade_id
-
 FIXTURE_VERSION = 1
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
 ARG_RTOL, ARG_ATOL = 1e-4, 1e-5
@@ -49,6 +47,8 @@ def defined_names(code: str) -> list[str]:
 
 def source_digest(nb) -> str:
     """sha256 of what the fixture depends on: the sources of the setup, solution and test cells, in order."""
+    from .cells import grade_id, is_readonly_cell, is_solution_cell, is_test_cell
+
     h = hashlib.sha256()
     for c in nb.cells:
         if c.cell_type == "code" and (is_readonly_cell(c) or is_solution_cell(c) or is_test_cell(c)):
@@ -129,7 +129,7 @@ def clone_args(obj):
         return {k: clone_args(v) for k, v in obj.items()}
     try:
         return copy.deepcopy(obj)
-    except Exception:
+    except Exception:  # noqa: BLE001 (an object that cannot be copied is passed as it is)
         return obj
 
 
@@ -186,7 +186,7 @@ def decode(tree, tensors: dict):
     if tree is None or isinstance(tree, (bool, str, int, float)):
         return tree
     if not isinstance(tree, dict):
-        raise ValueError("malformed result")
+        raise TypeError("malformed result")
     if "T" in tree:
         t = tensors[tree["T"]]
         return torch.view_as_complex(t) if tree.get("complex") else t
@@ -273,6 +273,8 @@ def _exec(code: str, ns: dict, out: io.StringIO):
 def record_fixture(source_nb, log=print) -> dict:
     """Run a source notebook's setup, solution and test cells (trusted) and record every probe."""
     import matplotlib
+
+    from .cells import grade_id, is_readonly_cell, is_solution_cell, is_test_cell
     matplotlib.use("Agg")
     rec = _Recorder()
     ns: dict = {"__name__": "__main__"}
@@ -349,7 +351,7 @@ def _same(a, b) -> bool:
     try:
         eq = a == b
         return bool(eq) if isinstance(eq, bool) else True
-    except Exception:
+    except Exception:  # noqa: BLE001 (an __eq__ that raises: compare types)
         return type(a) is type(b)
 
 
@@ -469,6 +471,8 @@ def _path_name(fn, path) -> str:
 def run_test_cell_in(source_nb, fixture: dict, results: dict, skip: set | None = None) -> dict:
     """Run the source's cells (trusted) in order, each test cell with the learner's functions replaced by
     replays of the worker's results; {grade_id: (the exception it raised or None, the test cell's code)}."""
+    from .cells import grade_id, is_readonly_cell, is_solution_cell, is_test_cell
+
     ns: dict = {"__name__": "__main__"}
     sink = io.StringIO()
     verdicts = {}
@@ -490,16 +494,34 @@ def run_test_cell_in(source_nb, fixture: dict, results: dict, skip: set | None =
                 if used[0] < len(probes):
                     raise ProbeMismatch(f"{gid}: fewer calls than recorded (internal: regenerate the fixtures)")
                 verdicts[gid] = (None, cell.source)
-            except BaseException as e:  # noqa: BLE001 (a failed check, whatever its type)
+            except BaseException as e:
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 verdicts[gid] = (e, cell.source)
     return verdicts
 
 
+def ensure_fixture(source: Path, source_nb, log=None) -> dict:
+    """The source's fixture, recorded now (from solutions/ only, trusted) when it is missing or out of date."""
+    path = fixture_path(source)
+    if path.is_file():
+        fixture = load_fixture(path)
+        if fixture.get("version") == FIXTURE_VERSION and fixture.get("digest") == source_digest(source_nb):
+            return fixture
+    if log:
+        log(f"recording the probes of {Path(source).name} from the solution (once) ...")
+    fixture = record_fixture(source_nb)
+    save_fixture(fixture, path)
+    return fixture
+
+
 def save_fixture(fixture: dict, path: Path) -> None:
+    import os
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(fixture, tmp)
+    os.replace(tmp, path)  # atomic: a grader running at the same time never reads half a file
 
 
 def fixture_summary(fixture: dict) -> str:

@@ -68,7 +68,7 @@ def bwrap_status() -> tuple[bool, str]:
         return False, "bubblewrap (bwrap) is not installed"
     try:
         r = subprocess.run([exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "true"],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"bwrap does not run: {e}"
     if r.returncode != 0:
@@ -119,7 +119,7 @@ def worker_env(workdir: Path, fast: bool | None = None) -> dict[str, str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "PYTHONPATH": str(repo_root().resolve()),
            "MPLBACKEND": "Agg", "MPLCONFIGDIR": str(workdir / ".mpl"), "IPYTHONDIR": str(workdir / ".ipython"),
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(workdir / "tmp"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "LANG": "C.UTF-8"}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "LANG": "C.UTF-8", "DSV3_GRADE_WORKER": "1"}
     fast_env = os.environ.get("DSV3_FAST") if fast is None else ("1" if fast else "0")
     if fast_env is not None:
         env["DSV3_FAST"] = fast_env
@@ -174,11 +174,12 @@ def run_worker(workdir: Path, steps: list[dict], limits: list[float], total_limi
         cmd = bwrap_command(workdir, argv, env) if usable else argv
         cpu = int(total_limit) + 60
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=workdir, env=None if usable else env, preexec_fn=_limits(cpu))
+                                cwd=workdir, env=None if usable else env,
+                                preexec_fn=_limits(cpu))  # noqa: PLW1509 (setrlimit before exec; the reader thread starts after)
         counted = [0]
         tail = bytearray()
 
-        def pump():
+        def pump(proc=proc, counted=counted, tail=tail):
             while True:
                 chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
                 if not chunk:

@@ -51,7 +51,7 @@ class _CappedWriter:
 def _describe(e: BaseException) -> tuple[str, str]:
     try:
         msg = str(e)
-    except BaseException:  # a learner's exception whose __str__ fails
+    except BaseException:  # noqa: BLE001 (a learner's exception whose __str__ fails)
         msg = ""
     return type(e).__name__, msg[:4000]
 
@@ -95,7 +95,7 @@ def _probe_results(task: str, probes: list, ns: dict, outdir: Path) -> None:
 def main(folder: str) -> int:
     d = Path(folder)
     plan = json.loads((d / "plan.json").read_text())
-    progress = open(d / "progress.jsonl", "a", buffering=1)
+    progress = open(d / "progress.jsonl", "a", buffering=1)  # noqa: SIM115 (open until the process ends)
     (d / "out").mkdir(exist_ok=True)
     (d / "results").mkdir(exist_ok=True)
 
