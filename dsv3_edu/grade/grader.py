@@ -45,6 +45,7 @@ class TaskResult:
     score: float           # what the learner got
     status: str            # "passed", "failed", "timeout" or "not run"
     message: str = ""      # why it failed: the failing assertion's message, a timeout, ...
+    hidden: bool = False   # the check that failed is a hidden test (classroom feedback does not show its message)
 
 
 @dataclass
@@ -218,9 +219,11 @@ def rebuild_for_grading(learner: NotebookNode, source: NotebookNode) -> tuple[No
 
 
 # ---------------------------------------------------------------------------------------------------- grade
-def _message(e: BaseException, code: str) -> str:
+def _message(e: BaseException, code: str, gid: str = "") -> str:
     """'AssertionError: message' for a failed check; the failing line when the exception has no message."""
     import traceback
+
+    from .probe import test_filename
 
     ename = type(e).__name__
     try:
@@ -233,9 +236,25 @@ def _message(e: BaseException, code: str) -> str:
         return f"{ename}: {evalue}"
     lines = code.splitlines()
     for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        if frame.filename == "<cell>" and frame.lineno and 0 < frame.lineno <= len(lines):
+        if frame.filename == test_filename(gid) and frame.lineno and 0 < frame.lineno <= len(lines):
             return f"{ename} at `{lines[frame.lineno - 1].strip()}`"
     return ename
+
+
+def _in_hidden(e: BaseException, code: str, gid: str = "") -> bool:
+    """Did the check fail inside the test cell's ### BEGIN/END HIDDEN TESTS block?"""
+    import traceback
+
+    from .probe import test_filename
+
+    lines = code.splitlines()
+    begin = [i + 1 for i, ln in enumerate(lines) if "BEGIN HIDDEN TESTS" in ln]
+    end = [i + 1 for i, ln in enumerate(lines) if "END HIDDEN TESTS" in ln]
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename == test_filename(gid) and frame.lineno:
+            return any(b < frame.lineno < (min([x for x in end if x > b], default=len(lines) + 1))
+                       for b in begin)
+    return False
 
 
 def _source_checks(learner: NotebookNode, src_nb: NotebookNode, path: Path) -> list[str]:
@@ -348,7 +367,8 @@ def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: 
         elif out.status in ("died", "output"):
             task_state[gid] = ("failed", out.message)
         elif results.get(gid) is None:
-            task_state[gid] = ("failed", "the grading worker returned no usable results for this task")
+            why = f" ({out.error[0]}: {out.error[1][:300]})" if out.error else ""
+            task_state[gid] = ("failed", f"the grading worker returned no usable results for this task{why}")
     checks = run_test_cell_in(src_nb, fixture, results, skip=set(task_state))
     tasks = []
     for gid, i in test_index.items():
@@ -359,11 +379,11 @@ def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: 
             tasks.append(TaskResult(gid, pts, 0.0, status, msg))
             continue
         err, code = checks.get(gid, (None, ""))
-        if err is not None:
-            tasks.append(TaskResult(gid, pts, 0.0, "failed", _message(err, code)))
-            continue
         bad = compare_grads(gid, fixture["probes"].get(gid, []), results[gid])
-        if bad:
+        if err is not None:
+            tasks.append(TaskResult(gid, pts, 0.0, "failed", _message(err, code, gid),
+                                    hidden=_in_hidden(err, code, gid)))
+        elif bad:
             tasks.append(TaskResult(gid, pts, 0.0, "failed", f"GradientError: {bad}"))
         else:
             tasks.append(TaskResult(gid, pts, pts, "passed", ""))

@@ -38,7 +38,7 @@ from .cells import repo_root
 OUTPUT_CAP = 10_000_000        # bytes a worker may write to stdout/stderr before it is stopped
 MEMORY_LIMIT = 16 << 30        # bytes of address space (torch reserves a lot of virtual memory)
 FILE_LIMIT = 512 << 20         # bytes, largest file the worker may write
-MAX_RESTARTS = 4
+MAX_RESTARTS = 8
 START_TIMEOUT = 120            # seconds for the worker to start (imports)
 
 
