@@ -87,6 +87,12 @@ def _dirs(solutions_dir, exercises_dir) -> tuple[Path, Path]:
             Path(exercises_dir) if exercises_dir else root / "exercises")
 
 
+def _fixture_current(fixture: dict, src_nb: NotebookNode) -> bool:
+    from .probe import FIXTURE_VERSION, source_digest
+
+    return fixture.get("version") == FIXTURE_VERSION and fixture.get("digest") == source_digest(src_nb)
+
+
 def _is_copy(path: Path) -> bool:
     """A learner's copy, e.g. JupyterLab's "02_mla-Copy1.ipynb": not a generated file."""
     return "-Copy" in path.stem or path.name.startswith(".")
@@ -118,7 +124,6 @@ def generate_exercises(solutions_dir: str | Path | None = None, exercises_dir: s
         load_fixture,
         record_fixture,
         save_fixture,
-        source_digest,
     )
 
     solutions_dir, exercises_dir = _dirs(solutions_dir, exercises_dir)
@@ -136,7 +141,7 @@ def generate_exercises(solutions_dir: str | Path | None = None, exercises_dir: s
             nbformat.write(ex, out)
             changed.append(out)
         fx = fixture_path(src)
-        if fixtures and (force or not fx.is_file() or load_fixture(fx).get("digest") != source_digest(src_nb)):
+        if fixtures and (force or not fx.is_file() or not _fixture_current(load_fixture(fx), src_nb)):
             if log:
                 log(f"recording the probes of {src.name} ...")
             fixture = record_fixture(src_nb)
@@ -153,18 +158,16 @@ def generate_exercises(solutions_dir: str | Path | None = None, exercises_dir: s
 def check_exercises(solutions_dir: str | Path | None = None,
                     exercises_dir: str | Path | None = None) -> list[str]:
     """Problems that make exercises/ (or the fixtures) differ from what solutions/ generates (empty: in sync)."""
-    from .probe import fixture_path, load_fixture, source_digest
+    from .probe import fixture_path, load_fixture
 
     solutions_dir, exercises_dir = _dirs(solutions_dir, exercises_dir)
     problems = []
     sources = solution_notebooks(solutions_dir)
     for src in sources:
         src_nb = read_notebook(src)
-        fx = fixture_path(src)
-        if not fx.is_file():
-            problems.append(f"{fx.name}: missing from {solutions_dir.name}/fixtures/ (generate it)")
-        elif load_fixture(fx).get("digest") != source_digest(src_nb):
-            problems.append(f"{fx.name}: out of date with {solutions_dir.name}/{src.name} (regenerate it)")
+        fx = fixture_path(src)  # not committed: a missing one is recorded on first use; a stale one is a problem
+        if fx.is_file() and not _fixture_current(load_fixture(fx), src_nb):
+            problems.append(f"fixtures/{fx.name}: out of date with {solutions_dir.name}/{src.name} (regenerate it)")
         out = exercises_dir / src.name
         if not out.is_file():
             problems.append(f"{out.name}: missing from {exercises_dir.name}/ (generate it)")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 2
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
 ARG_RTOL, ARG_ATOL = 1e-4, 1e-5
 

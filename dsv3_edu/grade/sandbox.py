@@ -253,7 +253,8 @@ def run_worker(workdir: Path, steps: list[dict], limits: list[float], total_limi
                 status, msg = killed
             else:
                 code = proc.returncode
-                how = (f"killed by signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+                sig = -code if code < 0 else code - 128 if code > 128 else 0   # bwrap exits 128 + signal
+                how = (f"killed by signal {signal.Signals(sig).name}" if sig in signal.valid_signals()
                        else f"exit code {code}")
                 status, msg = "died", f"the grading process ended in this cell ({how})"
             run.outcomes[last_start] = StepOutcome(status, None, msg, _read_text(workdir / "out" / f"{last_start}.txt"))
