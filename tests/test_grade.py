@@ -94,16 +94,21 @@ def test_sync_check_detects_every_kind_of_drift(tmp_path):
     sol, ex = tmp_path / "solutions", tmp_path / "exercises"
     sol.mkdir()
     shutil.copy(MLA, sol / MLA.name)
-    assert [p.name for p in generate_exercises(sol, ex)] == [MLA.name]
+    assert [p.name for p in generate_exercises(sol, ex, fixtures=False)] == [MLA.name]
     assert check_exercises(sol, ex) == []
-    assert generate_exercises(sol, ex) == []  # up to date: nothing rewritten
+    assert generate_exercises(sol, ex, fixtures=False) == []  # up to date: nothing rewritten
+    from dsv3_edu.grade.probe import FIXTURE_VERSION, fixture_path, save_fixture
+    save_fixture({"version": FIXTURE_VERSION, "digest": "stale"}, fixture_path(sol / MLA.name))
+    assert any("fixtures/02_mla.pt: out of date" in p for p in check_exercises(sol, ex))
+    fixture_path(sol / MLA.name).unlink()  # a missing fixture is no problem: it is recorded on first use
+    assert check_exercises(sol, ex) == []
 
     nb = nbformat.read(sol / MLA.name, as_version=4)
     cell_of(nb, "test_kv_cache_bytes").source += "\nassert True  # a new hidden check"
     nbformat.write(nb, sol / MLA.name)
     assert any("out of date" in p for p in check_exercises(sol, ex))
 
-    generate_exercises(sol, ex)
+    generate_exercises(sol, ex, fixtures=False)
     shutil.copy(ex / MLA.name, ex / "99_orphan.ipynb")
     (ex / MLA.name).unlink()
     problems = check_exercises(sol, ex)

@@ -86,8 +86,8 @@ def _python_paths() -> list[str]:
     out = []
     for p in sorted(paths):
         rp = Path(p).resolve()
-        if rp == root or root in rp.parents or rp == Path("/"):
-            continue  # the checkout itself: only the package is shown (below)
+        if rp == root or root in rp.parents or rp == Path("/") or (rp / "solutions").is_dir():
+            continue  # a checkout (this one or another on sys.path): only this package is shown (below)
         out.append(str(rp))
     return out
 
