@@ -2,12 +2,14 @@
 
     python -m dsv3_edu.grade 02_mla.ipynb                grade your notebook (score table), from any folder
     from dsv3_edu.grade import check; check()            the same, from the exercise's last cell
-    python -m dsv3_edu.grade generate [--check]          exercises/ from solutions/
+    python -m dsv3_edu.grade generate [--check] [--force] exercises/ and test fixtures from solutions/
     python -m dsv3_edu.grade nbgrader-course DIR         an nbgrader course folder from solutions/
+    python -m dsv3_edu.grade autograde DIR ASSIGNMENT    classroom: sandboxed grading into nbgrader's gradebook
     python -m dsv3_edu.grade refresh [--fast] [--only P] re-execute notebooks/ and solutions/, then clean
     python -m dsv3_edu.grade clean [--check] [PATHS]     strip widget state, timings, absolute paths
 
-The exercise format is nbgrader's; docs/exercises.md explains how to write one.
+The exercise format is nbgrader's; docs/exercises.md explains how to write one. Learner code runs only in a
+sandboxed worker (worker.py, sandbox.py); the checks run outside it on the data it returns (probe.py).
 """
 import importlib
 
