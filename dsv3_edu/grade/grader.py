@@ -316,12 +316,13 @@ def _load_results(folder: Path, task: str) -> list | None:
 
 def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: float = 60.0,
                    kernel_name: str = "python3", cwd: str | Path | None = None,
-                   hide: list[str | Path] | None = None, fast: bool | None = None, log=None) -> GradeReport:
+                   fast: bool | None = None, log=None) -> GradeReport:
     """Grade a learner's notebook against its source in solutions/ (found by name when not given).
 
     The learner's cells run in a sandboxed worker (see sandbox.py); the checks run here, on the data it returns.
     timeout: seconds per cell (the source's read-only setup cells get at least SETUP_TIMEOUT).
-    cwd, kernel_name: kept for compatibility (the worker always runs in a private temp folder).
+    cwd, kernel_name: kept for compatibility (the worker always runs in a private temp folder, with python).
+    fast: DSV3_FAST for the worker (default: this process's).
     Raises ValueError when the notebook or its source cannot be read, the source has no test cells, or the
     source's fixtures are missing or out of date.
     """
