@@ -11,15 +11,28 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from dsv3_edu.grade import (check_exercises, generate_exercises, grade_notebook, make_exercise,
-                            make_nbgrader_course, nbgrader_api, rebuild_for_grading)
+from dsv3_edu.grade import (
+    check_exercises,
+    generate_exercises,
+    grade_notebook,
+    make_exercise,
+    make_nbgrader_course,
+    nbgrader_api,
+    rebuild_for_grading,
+)
 from dsv3_edu.grade.__main__ import main
-from dsv3_edu.grade.cells import autograded_cells, grade_id, is_solution_cell, is_test_cell, solution_notebooks
+from dsv3_edu.grade.cells import (
+    autograded_cells,
+    grade_id,
+    is_solution_cell,
+    is_test_cell,
+    solution_notebooks,
+)
+from dsv3_edu.grade.generate import CHECK_CODE
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = solution_notebooks(ROOT / "solutions")
 MLA = ROOT / "solutions" / "02_mla.ipynb"
-KERNEL_CWD = ROOT / "exercises"  # where learners' notebooks live; relative paths resolve as for them
 
 
 def solved(source: nbformat.NotebookNode, name: str = "02_mla.ipynb") -> nbformat.NotebookNode:
@@ -81,16 +94,21 @@ def test_sync_check_detects_every_kind_of_drift(tmp_path):
     sol, ex = tmp_path / "solutions", tmp_path / "exercises"
     sol.mkdir()
     shutil.copy(MLA, sol / MLA.name)
-    assert [p.name for p in generate_exercises(sol, ex)] == [MLA.name]
+    assert [p.name for p in generate_exercises(sol, ex, fixtures=False)] == [MLA.name]
     assert check_exercises(sol, ex) == []
-    assert generate_exercises(sol, ex) == []  # up to date: nothing rewritten
+    assert generate_exercises(sol, ex, fixtures=False) == []  # up to date: nothing rewritten
+    from dsv3_edu.grade.probe import FIXTURE_VERSION, fixture_path, save_fixture
+    save_fixture({"version": FIXTURE_VERSION, "digest": "stale"}, fixture_path(sol / MLA.name))
+    assert any("fixtures/02_mla.pt: out of date" in p for p in check_exercises(sol, ex))
+    fixture_path(sol / MLA.name).unlink()  # a missing fixture is no problem: it is recorded on first use
+    assert check_exercises(sol, ex) == []
 
     nb = nbformat.read(sol / MLA.name, as_version=4)
     cell_of(nb, "test_kv_cache_bytes").source += "\nassert True  # a new hidden check"
     nbformat.write(nb, sol / MLA.name)
     assert any("out of date" in p for p in check_exercises(sol, ex))
 
-    generate_exercises(sol, ex)
+    generate_exercises(sol, ex, fixtures=False)
     shutil.copy(ex / MLA.name, ex / "99_orphan.ipynb")
     (ex / MLA.name).unlink()
     problems = check_exercises(sol, ex)
@@ -160,12 +178,12 @@ def test_rebuild_finds_a_test_cell_whose_metadata_was_stripped_by_its_cell_id():
 def test_stub_scores_zero_and_solution_scores_full_marks(source_path, tmp_path):
     source = nbformat.read(source_path, as_version=4)
     stub = write(make_exercise(source, source_path.name), tmp_path, source_path.name)
-    report = grade_notebook(stub, source=source_path, cwd=KERNEL_CWD)
+    report = grade_notebook(stub, source=source_path)
     assert report.max_score > 0 and report.score == 0
     for t in report.tasks:
         assert t.score == 0 and t.message, f"{t.grade_id}: the stub passes it: a test that cannot fail?"
 
-    report = grade_notebook(source_path, cwd=KERNEL_CWD)  # the solution, graded against itself
+    report = grade_notebook(source_path)  # the solution, graded against itself
     assert [(t.grade_id, t.score) for t in report.tasks] == [(t.grade_id, t.points) for t in report.tasks], \
         report.table()
 
@@ -179,7 +197,7 @@ def test_cheating_on_test_cells_still_scores_zero(tmp_path):
     kv.metadata.pop("nbgrader")                                          # disguised as an ordinary cell
     kv.source = "pass"
     nb.cells.append(_nbg(new_code_cell("pass"), "free_points", grade=True, locked=True, points=100))
-    report = grade_notebook(write(nb, tmp_path), source=MLA, cwd=KERNEL_CWD)
+    report = grade_notebook(write(nb, tmp_path), source=MLA)
     assert report.score == 0 and report.max_score == MLA_POINTS, report.table()
     assert [t.grade_id for t in report.tasks] == MLA_TASKS
 
@@ -188,7 +206,7 @@ def test_hang_and_error_in_one_task_do_not_hide_the_others(tmp_path):
     nb = solved(nbformat.read(MLA, as_version=4))
     cell_of(nb, "rms_norm").source = "def rms_norm(x, weight, eps=1e-6):\n    while True:\n        pass"
     cell_of(nb, "apply_rope").source = "def apply_rope(x, freqs_cis):\n    raise ValueError('boom: not yet')"
-    report = grade_notebook(write(nb, tmp_path), source=MLA, timeout=10, cwd=KERNEL_CWD)
+    report = grade_notebook(write(nb, tmp_path), source=MLA, timeout=10)
     rms, rope, kv = (report.task(g) for g in ("test_rms_norm", "test_apply_rope", "test_kv_cache_bytes"))
     assert (rms.status, rms.score) == ("timeout", 0) and "10 s" in rms.message
     assert (rope.status, rope.score) == ("failed", 0) and "ValueError: boom: not yet" in rope.message
@@ -212,7 +230,7 @@ def test_cli_prints_the_table_hidden_tests_count_and_deleted_tests_come_back(tmp
 
 def test_cli_usage_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     r = subprocess.run([sys.executable, "-m", "dsv3_edu.grade", str(tmp_path / "missing.ipynb")],
-                       capture_output=True, text=True, cwd=tmp_path)
+                       capture_output=True, text=True, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "no such notebook" in r.stderr
 
     (tmp_path / "junk.ipynb").write_text("not json")
@@ -223,7 +241,7 @@ def test_cli_usage_errors_exit_nonzero_with_a_message(tmp_path, capsys):
     assert main([str(plain)]) == 2
     assert "cannot find the source" in capsys.readouterr().err
     assert main([str(plain), "--source", str(plain)]) == 2
-    assert "not an exercise notebook" in capsys.readouterr().err
+    assert "solutions/ folder" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- nbgrader (classroom)
@@ -241,7 +259,9 @@ def test_nbgrader_workflow_on_the_same_sources(tmp_path):
 
     release = nbformat.read(course / "release" / "02_mla" / "02_mla.ipynb", as_version=4)
     ours = nbformat.read(ROOT / "exercises" / "02_mla.ipynb", as_version=4)
-    assert [c.source for c in release.cells] == [c.source for c in ours.cells], "nbgrader's release != exercises/"
+    ours_cells = [c for c in ours.cells if not c.metadata.get("dsv3_edu", {}).get("check")]
+    assert [c.source for c in release.cells] == [c.source for c in ours_cells], "nbgrader's release != exercises/"
+    assert ours.cells[-1].source == CHECK_CODE, "the check cell comes last in the exercise"
 
     source = nbformat.read(MLA, as_version=4)
     submissions = {"alice": solved(source), "bob": release}
@@ -256,3 +276,68 @@ def test_nbgrader_workflow_on_the_same_sources(tmp_path):
         assert gb.find_submission("02_mla", "alice").score == MLA_POINTS
         assert gb.find_submission("02_mla", "bob").score == 0
         assert gb.find_submission("02_mla", "alice").max_score == MLA_POINTS
+
+
+# ----------------------------------------------------------------------------------------- CLI, copies, check cell
+def test_cli_finds_a_bare_file_name_from_any_folder(tmp_path, monkeypatch):
+    from dsv3_edu.grade.cells import resolve_notebook
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_notebook("02_mla.ipynb") == ROOT / "exercises" / "02_mla.ipynb"
+    monkeypatch.chdir(ROOT / "exercises")
+    assert resolve_notebook("02_mla.ipynb").resolve() == ROOT / "exercises" / "02_mla.ipynb"
+    with pytest.raises(ValueError, match="no such notebook"):
+        resolve_notebook("99_nothing.ipynb")
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    from dsv3_edu.grade.__main__ import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subs.choices.items():
+        assert sub.description, f"{name} has no description"
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_generate_keeps_a_learners_work_and_ignores_jupyterlab_copies(tmp_path):
+    sol, ex = tmp_path / "solutions", tmp_path / "exercises"
+    sol.mkdir()
+    shutil.copy(MLA, sol / MLA.name)
+    generate_exercises(sol, ex, fixtures=False)
+    worked = solved(nbformat.read(MLA, as_version=4))
+    nbformat.write(worked, ex / MLA.name)
+    shutil.copy(ex / MLA.name, ex / "02_mla-Copy1.ipynb")          # JupyterLab's Duplicate
+    problems = check_exercises(sol, ex)
+    assert not any("Copy1" in p for p in problems), problems
+    nb = nbformat.read(sol / MLA.name, as_version=4)
+    cell_of(nb, "test_rms_norm").source += "\nassert True"
+    nbformat.write(nb, sol / MLA.name)
+    with pytest.raises(ValueError, match="--force"):
+        generate_exercises(sol, ex, fixtures=False)
+    assert nbformat.read(ex / MLA.name, as_version=4).cells == worked.cells, "the learner's work was overwritten"
+    generate_exercises(sol, ex, force=True, fixtures=False)
+    assert check_exercises(sol, ex) == []
+
+
+def test_check_cell_grades_the_notebook_it_runs_in(tmp_path):
+    """The exercise's last cell, run in a real kernel that knows its notebook (as JupyterLab tells it)."""
+    import os
+
+    from nbclient import NotebookClient
+
+    from dsv3_edu.grade import kernel_env
+
+    src = ROOT / "solutions" / "04_load_balancing.ipynb"
+    nb = solved(nbformat.read(src, as_version=4), src.name)
+    path = write(nb, tmp_path, src.name)
+    env = kernel_env()
+    env["JPY_SESSION_NAME"] = str(path)
+    run = nbformat.read(path, as_version=4)
+    NotebookClient(run, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute(env=env)
+    html = "".join(o.get("data", {}).get("text/html", "") for o in run.cells[-1].outputs)
+    assert "Score 9 / 9" in html and "test_seq_balance_loss" in html, run.cells[-1].outputs
+    assert os.environ.get("DSV3_GRADE_WORKER") != "1"

@@ -153,4 +153,5 @@ def committed_notebooks(root: Path | None = None) -> list[tuple[Path, bool]]:
     """(path, outputs allowed) for every notebook the repo commits: notebooks/, solutions/, exercises/."""
     root = root or repo_root()
     return [(p, folder != "exercises") for folder in ("notebooks", "solutions", "exercises")
-            for p in sorted((root / folder).glob("*.ipynb"))]
+            for p in sorted((root / folder).glob("*.ipynb"))
+            if "-Copy" not in p.stem]  # JupyterLab's Duplicate ("02_mla-Copy1.ipynb"): a learner's file

@@ -3,8 +3,9 @@
     DIR/nbgrader_config.py
     DIR/source/<assignment>/<assignment>.ipynb      one assignment per solutions/<assignment>.ipynb
 
-then, in DIR: ``nbgrader generate_assignment 02_mla``, release, collect, ``nbgrader autograde 02_mla``,
-``nbgrader generate_feedback 02_mla`` (see docs/exercises.md).
+then, in DIR: ``nbgrader generate_assignment 02_mla``, release, collect, then
+``python -m dsv3_edu.grade autograde DIR 02_mla`` (``autograde_course``: each submission graded by the
+sandboxed grader, scores written to gradebook.db, feedback without hidden tests) (see docs/exercises.md).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ CONFIG_TEMPLATE = '''\
 c = get_config()  # noqa: F821 (provided by nbgrader when it reads this file)
 
 c.CourseDirectory.course_id = "{course_id}"
-c.CourseDirectory.db_assignments = [{assignments}]
 
 # The same stub and markers as `python -m dsv3_edu.grade generate` (nbgrader's defaults, spelled out).
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
@@ -28,7 +28,8 @@ c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
 
-# Seconds per cell when autograding; the exercises import torch, give the first cell some room.
+# Seconds per cell if you run nbgrader's own autograde: the same as `python -m dsv3_edu.grade` (60 s). Prefer
+# `python -m dsv3_edu.grade autograde DIR ASSIGNMENT`: it runs submissions in a sandbox (see docs/exercises.md).
 c.Execute.timeout = {timeout}
 
 # For release/fetch/submit/collect on a shared JupyterHub, set the exchange folder, e.g.:
@@ -37,7 +38,7 @@ c.Execute.timeout = {timeout}
 
 
 def make_nbgrader_course(dest: str | Path, solutions_dir: str | Path | None = None,
-                         course_id: str = "dsv3-edu", timeout: int = 120) -> list[str]:
+                         course_id: str = "dsv3-edu", timeout: int = 60) -> list[str]:
     """Lay out an nbgrader course in ``dest`` from solutions/*.ipynb; return the assignment names.
 
     Existing source/<assignment>/ folders are replaced; other content of ``dest`` (gradebook, submissions) is kept.
@@ -55,9 +56,7 @@ def make_nbgrader_course(dest: str | Path, solutions_dir: str | Path | None = No
         folder.mkdir(parents=True)
         shutil.copyfile(src, folder / src.name)
         names.append(src.stem)
-    assignments = ", ".join(f"dict(name={n!r})" for n in names)
-    (dest / "nbgrader_config.py").write_text(
-        CONFIG_TEMPLATE.format(course_id=course_id, assignments=assignments, timeout=int(timeout)))
+    (dest / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(course_id=course_id, timeout=int(timeout)))
     return names
 
 
@@ -74,3 +73,82 @@ def nbgrader_api(course_dir: str | Path):
         config.merge(PyFileConfigLoader(cfg_file.name, path=str(course_dir)).load_config())
     config.CourseDirectory.root = str(course_dir)
     return NbGraderAPI(CourseDirectory(config=config), config=config)
+
+
+def _feedback_html(report, assignment: str, student: str) -> str:
+    """Released feedback: the score table; a failed hidden test says so without its message or code."""
+    from html import escape
+
+    rows = []
+    for t in report.tasks:
+        msg = "a hidden test failed" if t.hidden else t.message
+        rows.append(f"<tr><td>{escape(t.grade_id)}</td><td>{t.points:g}</td><td>{t.score:g}</td>"
+                    f"<td>{escape(t.status)}</td><td><pre style='white-space:pre-wrap'>{escape(msg)}</pre></td></tr>")
+    return (f"<html><body><h1>{escape(assignment)}: {escape(student)}</h1>"
+            f"<p>Score {report.score:g} / {report.max_score:g}</p><table border=1><tr><th>task</th><th>points</th>"
+            f"<th>score</th><th>status</th><th>message</th></tr>{''.join(rows)}</table></body></html>")
+
+
+def autograde_course(course_dir: str | Path, assignment: str, students: list[str] | None = None,
+                     timeout: float = 60.0, source: str | Path | None = None, log=None) -> list[tuple[str, str]]:
+    """Grade every submission of an assignment with the sandboxed grader; scores into gradebook.db.
+
+    Each DIR/submitted/<student>/<assignment>/<assignment>.ipynb runs in its own sandboxed worker, which sees
+    neither the course folder (gradebook, other submissions) nor solutions/; the scores are computed here and
+    written with nbgrader's Gradebook API. A submission that cannot be graded (unreadable, not this exercise)
+    is recorded as failed: its grades need a manual grade, they are not set to 0. Feedback (score table,
+    hidden tests' messages withheld) goes to DIR/feedback/<student>/<assignment>/<assignment>.html.
+    Returns [(student, what happened)]. Raises ValueError without a working sandbox.
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from .cells import repo_root
+    from .grader import grade_notebook
+    from .sandbox import bwrap_status
+
+    usable, why = bwrap_status()
+    if not usable:
+        raise ValueError(f"classroom autograde needs the sandbox ({why}): install bubblewrap (apt-get install "
+                         "bubblewrap) on the grading machine")
+    course = Path(course_dir).resolve()
+    src = Path(source) if source else repo_root() / "solutions" / f"{assignment}.ipynb"
+    subs = course / "submitted"
+    names = students or (sorted(p.name for p in subs.iterdir() if (p / assignment).is_dir()) if subs.is_dir() else [])
+    db = course / "gradebook.db"
+    out = []
+    with Gradebook(f"sqlite:///{db}") as gb:
+        try:
+            gb.find_assignment(assignment)
+        except MissingEntry:
+            raise ValueError(f"{assignment} is not in {db}: run `nbgrader generate_assignment {assignment}` "
+                             "in the course folder first") from None
+        for student in names:
+            nb_path = subs / student / assignment / f"{assignment}.ipynb"
+            try:
+                gb.find_student(student)
+            except MissingEntry:
+                gb.add_student(student)
+            sub = gb.update_or_create_submission(assignment, student)
+            try:
+                report = grade_notebook(nb_path, source=src, timeout=timeout)
+            except ValueError as e:
+                for nb in sub.notebooks:
+                    for g in nb.grades:
+                        g.auto_score, g.needs_manual_grade = None, True
+                gb.db.commit()
+                out.append((student, f"FAILED to autograde ({e}): recorded as needing a manual grade"))
+                continue
+            scores = {t.grade_id: t for t in report.tasks}
+            for nb in sub.notebooks:
+                for g in nb.grades:
+                    t = scores.get(g.name)
+                    g.auto_score = t.score if t is not None else None
+                    g.needs_manual_grade = t is None
+            gb.db.commit()
+            fb = course / "feedback" / student / assignment
+            fb.mkdir(parents=True, exist_ok=True)
+            (fb / f"{assignment}.html").write_text(_feedback_html(report, assignment, student))
+            out.append((student, f"{report.score:g} / {report.max_score:g}"))
+            if log:
+                log(f"{student}: {report.score:g} / {report.max_score:g} ({report.sandbox})")
+    return out
