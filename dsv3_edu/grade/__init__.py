@@ -1,6 +1,7 @@
 """The autograder: exercises generated from solutions/, honest self-study grading, nbgrader for classrooms.
 
-    python -m dsv3_edu.grade exercises/02_mla.ipynb      grade your notebook (score table)
+    python -m dsv3_edu.grade 02_mla.ipynb                grade your notebook (score table), from any folder
+    from dsv3_edu.grade import check; check()            the same, from the exercise's last cell
     python -m dsv3_edu.grade generate [--check]          exercises/ from solutions/
     python -m dsv3_edu.grade nbgrader-course DIR         an nbgrader course folder from solutions/
     python -m dsv3_edu.grade refresh [--fast] [--only P] re-execute notebooks/ and solutions/, then clean
@@ -8,18 +9,23 @@
 
 The exercise format is nbgrader's; docs/exercises.md explains how to write one.
 """
-from .cells import find_source, read_notebook, repo_root
-from .clean import clean_file, clean_notebook, notebook_problems
-from .course import make_nbgrader_course, nbgrader_api
-from .execute import course_notebooks, execute_notebook, kernel_env, refresh_notebooks
-from .generate import check_exercises, generate_exercises, make_exercise
-from .grader import GradeReport, TaskResult, grade_notebook, rebuild_for_grading
+import importlib
 
-__all__ = [
-    "GradeReport", "TaskResult", "grade_notebook", "rebuild_for_grading",
-    "make_exercise", "generate_exercises", "check_exercises",
-    "make_nbgrader_course", "nbgrader_api",
-    "execute_notebook", "refresh_notebooks", "course_notebooks", "kernel_env",
-    "clean_notebook", "clean_file", "notebook_problems",
-    "find_source", "read_notebook", "repo_root",
-]
+_EXPORTS = {
+    "find_source": "cells", "read_notebook": "cells", "repo_root": "cells", "resolve_notebook": "cells",
+    "clean_file": "clean", "clean_notebook": "clean", "notebook_problems": "clean",
+    "make_nbgrader_course": "course", "nbgrader_api": "course", "autograde_course": "course",
+    "course_notebooks": "execute", "execute_notebook": "execute", "kernel_env": "execute",
+    "refresh_notebooks": "execute",
+    "check_exercises": "generate", "generate_exercises": "generate", "make_exercise": "generate",
+    "GradeReport": "grader", "TaskResult": "grader", "grade_notebook": "grader", "rebuild_for_grading": "grader",
+    "check": "checkcell", "find_notebook": "checkcell",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Imported on first use: the sandboxed worker imports this package and must start fast."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

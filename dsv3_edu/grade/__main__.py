@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMANDS = ("grade", "generate", "nbgrader-course", "refresh", "clean")
+COMMANDS = ("grade", "generate", "nbgrader-course", "autograde", "refresh", "clean")
 
 
 def _shown(path: str) -> str:
@@ -17,11 +17,13 @@ def _shown(path: str) -> str:
 
 
 def _grade(args) -> int:
+    from .cells import resolve_notebook
     from .grader import grade_notebook
 
-    print(f"grading {args.notebook} in a fresh kernel ({args.timeout:g} s per cell) ...", flush=True)
-    report = grade_notebook(args.notebook, source=args.source, timeout=args.timeout)
-    print(f"tests from {_shown(report.source)}, {report.seconds:.1f} s\n")
+    path = resolve_notebook(args.notebook)
+    print(f"grading {_shown(str(path))} ({args.timeout:g} s per cell) ...", flush=True)
+    report = grade_notebook(path, source=args.source, timeout=args.timeout, log=print)
+    print(f"tests from {_shown(report.source)}, {report.seconds:.1f} s, {report.sandbox}\n")
     print(report.table())
     details = report.details()
     if details:
@@ -45,7 +47,7 @@ def _generate(args) -> int:
             return 1
         print("exercises/ is in sync with solutions/")
         return 0
-    changed = generate_exercises(args.solutions, args.exercises)
+    changed = generate_exercises(args.solutions, args.exercises, force=args.force, log=print)
     for p in changed:
         print(f"wrote {p}")
     if not changed:
@@ -94,37 +96,74 @@ def _clean(args) -> int:
     return 0
 
 
+def _autograde(args) -> int:
+    from .course import autograde_course
+
+    rows = autograde_course(args.dir, args.assignment, students=args.student, timeout=args.timeout, log=print)
+    for student, outcome in rows:
+        print(f"{student:<20} {outcome}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dsv3_edu.grade",
-        description="Exercises and grading for dsv3-edu. `python -m dsv3_edu.grade NOTEBOOK` grades a notebook.")
-    sub = parser.add_subparsers(dest="command", required=True)
+        description="Exercises and grading for dsv3-edu. `python -m dsv3_edu.grade NOTEBOOK` grades a notebook "
+                    "(the `grade` command). Learner code runs in a sandboxed worker; see docs/exercises.md.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    g = sub.add_parser("grade", help="grade an exercise notebook (the default command)")
-    g.add_argument("notebook", help="your notebook, e.g. exercises/02_mla.ipynb")
-    g.add_argument("--source", help="the solutions/ notebook with the tests (default: found by name)")
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds per cell (default 60)")
-    g.add_argument("--save", help="also write the graded notebook, with outputs and tracebacks, to this file")
+    g = sub.add_parser("grade", help="grade an exercise notebook (the default command)",
+                       description="Grade an exercise notebook: your cells run in a sandbox, the course's tests "
+                                   "(hidden ones too) check the results. Prints a score table.")
+    g.add_argument("notebook", help="your notebook: a path, or a bare file name such as 02_mla.ipynb, found in "
+                                    "exercises/ from any folder")
+    g.add_argument("--source", help="the solutions/ notebook with the tests (default: found from the notebook's "
+                                    "metadata or name); must be in the course's solutions/ folder")
+    g.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds each cell may run (default 60; the locked setup cells get at least 300)")
+    g.add_argument("--save", metavar="FILE",
+                   help="also write the notebook as graded, with what each cell printed and each test's verdict")
     g.set_defaults(run=_grade)
 
-    g = sub.add_parser("generate", help="write exercises/ from solutions/ (or --check that they agree)")
-    g.add_argument("--check", action="store_true", help="only check; exit 1 if exercises/ is out of sync")
+    g = sub.add_parser("generate", help="write exercises/ (and the test fixtures) from solutions/",
+                       description="Write exercises/ from solutions/ with nbgrader's preprocessors, and record the "
+                                   "probes (test inputs, the solution's gradients) in solutions/fixtures/.")
+    g.add_argument("--check", action="store_true",
+                   help="only check that exercises/ and existing fixtures match solutions/; exit 1 if not")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite exercises you have worked in (outputs or code in solution cells), and "
+                        "re-record every fixture")
     g.add_argument("--solutions", help="folder of sources (default: solutions/ of this checkout)")
     g.add_argument("--exercises", help="output folder (default: exercises/ of this checkout)")
     g.set_defaults(run=_generate)
 
-    g = sub.add_parser("nbgrader-course", help="lay out an nbgrader course folder (config + source/) from solutions/")
-    g.add_argument("dir", help="the course folder to create or update")
+    g = sub.add_parser("nbgrader-course", help="lay out an nbgrader course folder (config + source/) from solutions/",
+                       description="Lay out an nbgrader course folder from solutions/: nbgrader_config.py and "
+                                   "source/<assignment>/<assignment>.ipynb.")
+    g.add_argument("dir", help="the course folder to create or update (gradebook and submissions are kept)")
     g.add_argument("--solutions", help="folder of sources (default: solutions/ of this checkout)")
-    g.add_argument("--course-id", default="dsv3-edu")
+    g.add_argument("--course-id", default="dsv3-edu", help="nbgrader course id (default dsv3-edu)")
     g.set_defaults(run=_course)
 
-    g = sub.add_parser("refresh", help="re-execute notebooks/ and solutions/ to refresh outputs, then clean them")
+    g = sub.add_parser("autograde", help="classroom: grade submissions with the sandboxed grader into gradebook.db",
+                       description="Grade DIR/submitted/<student>/<assignment>/<assignment>.ipynb with the sandboxed "
+                                   "grader (instead of `nbgrader autograde`, which runs student code with the "
+                                   "instructor's rights) and record the scores in DIR/gradebook.db.")
+    g.add_argument("dir", help="the nbgrader course folder (made by nbgrader-course)")
+    g.add_argument("assignment", help="assignment name, e.g. 02_mla")
+    g.add_argument("--student", action="append",
+                   help="grade only this student (repeat for several; default: every submission)")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds each cell may run (default 60, as `grade`)")
+    g.set_defaults(run=_autograde)
+
+    g = sub.add_parser("refresh", help="re-execute notebooks/ and solutions/ to refresh outputs, then clean them",
+                       description="Re-execute notebooks/ and solutions/ in place (full mode), then clean them.")
     g.add_argument("--fast", action="store_true", help="DSV3_FAST=1 (small sizes; for a quick look, not to commit)")
     g.add_argument("--only", metavar="PATTERN", help="glob on the name or repo path, e.g. '02_*' or 'solutions/*'")
     g.set_defaults(run=_refresh)
 
-    g = sub.add_parser("clean", help="strip widget state, timing metadata and absolute paths from notebooks")
+    g = sub.add_parser("clean", help="strip widget state, timing metadata and absolute paths from notebooks",
+                       description="Strip widget state, timing metadata and absolute paths from notebooks, in place.")
     g.add_argument("paths", nargs="*", help="notebooks (default: notebooks/, solutions/, exercises/)")
     g.add_argument("--check", action="store_true", help="report problems instead of fixing; exit 1 if any")
     g.set_defaults(run=_clean)

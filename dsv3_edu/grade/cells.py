@@ -30,7 +30,7 @@ def read_notebook(path: str | Path) -> NotebookNode:
         raise ValueError(f"no such notebook: {path}")
     try:
         return nbformat.read(path, as_version=4)
-    except Exception as e:  # nbformat raises several kinds (JSON, schema, version)
+    except Exception as e:  # noqa: BLE001 (nbformat raises several kinds (JSON, schema, version))
         raise ValueError(f"{path} is not a readable Jupyter notebook ({type(e).__name__}: {e})") from None
 
 
@@ -80,24 +80,52 @@ SOURCE_KEY = "dsv3_edu"
 
 
 def find_source(notebook: str | Path, nb: NotebookNode | None = None) -> Path:
-    """The solutions/ notebook that a learner's notebook was generated from.
+    """The solutions/ notebook that a learner's notebook was generated from: only this checkout's solutions/.
 
-    Looks for solutions/<name> next to the notebook's folder (exercises/ and solutions/ are siblings), then in
-    this checkout's solutions/. <name> is the file name the exercise was generated with (kept in the
-    notebook's metadata, so "02_mla-Copy1.ipynb" works too), else the file's own name.
+    <name> is the file name the exercise was generated with (kept in the notebook's metadata, so
+    "02_mla-Copy1.ipynb" works too), else the file's own name. A folder named solutions/ near the notebook
+    is never used: tests come from the course's own sources only.
     """
     notebook = Path(notebook).resolve()
     names = [notebook.name]
     if nb is not None:
         recorded = nb.metadata.get(SOURCE_KEY, {}).get("exercise_source")
         if recorded:
-            names.insert(0, Path(recorded).name)
-    if notebook.parent.name == "solutions":  # grading a solution against itself
-        return notebook
+            names.insert(0, Path(str(recorded)).name)
+    folder = repo_root() / "solutions"
     for name in names:
-        for folder in (notebook.parent.parent / "solutions", repo_root() / "solutions"):
-            if (folder / name).is_file():
-                return folder / name
+        if (folder / name).is_file():
+            return folder / name
+    stem = notebook.stem.split("-Copy")[0]
+    if (folder / f"{stem}.ipynb").is_file():
+        return folder / f"{stem}.ipynb"
     raise ValueError(
-        f"cannot find the source of {notebook.name}: looked for solutions/{names[0]} next to "
-        f"{notebook.parent} and in {repo_root() / 'solutions'}; pass the source notebook with --source")
+        f"cannot find the source of {notebook.name}: looked for {names[0]} in {folder}; "
+        "pass the source notebook with --source")
+
+
+def check_source(source: str | Path) -> Path:
+    """A source notebook the grader may take tests from: one in this checkout's solutions/ (resolved path)."""
+    source = Path(source).resolve()
+    folder = (repo_root() / "solutions").resolve()
+    if source.parent != folder:
+        raise ValueError(f"--source must be a notebook in the course's solutions/ folder ({folder}), got {source}: "
+                         "tests only come from the sources that ship with the course (an instructor's own "
+                         "source goes into solutions/, then `python -m dsv3_edu.grade generate`)")
+    if not source.is_file():
+        raise ValueError(f"no such notebook: {source}")
+    return source
+
+
+def resolve_notebook(name: str | Path) -> Path:
+    """A notebook given by path, or by bare file name from any folder: exercises/<name> of this checkout."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    if len(p.parts) == 1:
+        for folder in ("exercises", "solutions"):
+            cand = repo_root() / folder / p.name
+            if cand.is_file():
+                return cand
+    raise ValueError(f"no such notebook: {name}" + ("" if len(p.parts) > 1 else
+                     f" (not here, nor in {repo_root() / 'exercises'})"))

@@ -1,35 +1,41 @@
-"""Self-study grading: run a learner's exercise notebook in a fresh kernel against the source's tests.
+"""Self-study grading: the learner's code runs in a sandboxed worker, the checks run here on the data it returns.
 
-Honesty rules (see docs/exercises.md):
+Honesty rules (see docs/exercises.md, "How grading works"):
 - The learner's test cells never count. The notebook that runs is rebuilt from the learner's cells in their
   order, with every test cell (and read-only cell) taken from solutions/<name>, hidden tests included.
   A test cell the learner edited is put back; one they deleted is put back after the cell it followed.
 - Points come from the source only; a learner cell that claims to be a test cell is plain learner code.
-- Each cell has a timeout: learner code that hangs is interrupted and that task scores 0. Errors do not
-  stop the run, so one broken task does not hide the others' scores. If the kernel cannot be interrupted
-  or dies, the tasks after that point score 0 with a message saying so.
-- A test cell scores like in nbgrader (``nbgrader.utils.determine_grade``): 0 if it raises or writes to
-  stderr, its points otherwise (or the partial credit it returns as its last value).
+- Learner code never runs in this process: a worker (worker.py) runs the learner's cells in a sandbox
+  (sandbox.py) and, where a test cell stands, evaluates the learner's functions on the probes recorded from
+  the solution (probe.py). Here, the source's test cell runs on those results (values and gradients), so
+  patching torch, numpy, IPython or the package inside the worker changes nothing.
+- Each step has a time limit; a cell that hangs, kills its process or floods its output is charged to that
+  cell, and the worker restarts after it, so one broken task does not hide the others' scores.
+- A warning does not fail a task: only a failed check does.
 """
 from __future__ import annotations
 
 import copy
-import logging
-import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbformat import NotebookNode
 
-from .cells import (autograded_cells, find_source, grade_id, is_readonly_cell, is_solution_cell, is_test_cell,
-                    points, read_notebook)
-from .execute import kernel_env
+from .cells import (
+    SOURCE_KEY,
+    autograded_cells,
+    check_source,
+    find_source,
+    grade_id,
+    is_readonly_cell,
+    is_solution_cell,
+    is_test_cell,
+    points,
+    read_notebook,
+)
 
-TIMEOUT_ENAME = "CellTimeout"
 SETUP_TIMEOUT = 300  # seconds for the source's read-only cells (trusted setup: imports can be slow on a busy machine)
-_ANSI = re.compile(r"\x1b\[[\d;]*[A-Za-z]")
 
 
 @dataclass
@@ -49,6 +55,8 @@ class GradeReport:
     errors: list[str] = field(default_factory=list)   # errors in non-test cells: they often explain a failure
     seconds: float = 0.0
     executed: NotebookNode | None = field(default=None, repr=False)  # the rebuilt notebook, with outputs
+    notes: list[str] = field(default_factory=list)   # e.g. an edited locked cell that was not used
+    sandbox: str = ""                                 # "bubblewrap" or "unsandboxed: <why>"
 
     @property
     def score(self) -> float:
@@ -82,6 +90,8 @@ class GradeReport:
             if t.status != "passed" and t.message and _one_line(t.message, 80) != t.message:  # cut in the table
                 body = "\n".join(("    " + ln).rstrip() for ln in t.message.splitlines()[:max_lines])
                 out.append(f"{t.grade_id} ({t.status}):\n{body}")
+        if self.notes:
+            out += ["note: " + n for n in self.notes]
         if self.errors:
             out.append("errors in other cells (they may explain the failures above):")
             out += ["    " + _one_line(e, 100) for e in self.errors]
@@ -89,6 +99,34 @@ class GradeReport:
 
     def __str__(self) -> str:
         return self.table()
+
+    def html(self) -> str:
+        """The score table as HTML (the check cell shows it), with each failing check's full message."""
+        from html import escape
+
+        colour = {"passed": "#1a7f37", "failed": "#cf222e", "timeout": "#9a6700", "not run": "#6e7781"}
+        rows = []
+        for t in self.tasks:
+            msg = escape(t.message) if t.message else ""
+            msg = f"<pre style='white-space:pre-wrap;margin:0'>{msg}</pre>" if msg else ""
+            rows.append(f"<tr><td><code>{escape(t.grade_id)}</code></td><td>{_num(t.points)}</td>"
+                        f"<td style='color:{colour.get(t.status, '#000')};font-weight:bold'>{_num(t.score)}</td>"
+                        f"<td>{escape(t.status)}</td><td style='text-align:left'>{msg}</td></tr>")
+        pct = 100 * self.score / self.max_score if self.max_score else 0.0
+        rows.append(f"<tr><td><b>TOTAL</b></td><td><b>{_num(self.max_score)}</b></td>"
+                    f"<td><b>{_num(self.score)}</b></td><td>{pct:.0f}%</td><td></td></tr>")
+        extra = "".join(f"<li>{escape(e)}</li>" for e in self.notes + self.errors)
+        extra = f"<p>Also:</p><ul>{extra}</ul>" if extra else ""
+        mode = "" if self.sandbox == "bubblewrap" else \
+            f"<p style='color:#9a6700'>Ran without a sandbox ({escape(self.sandbox)}).</p>"
+        return ("<div class='dsv3-grade-report'>"
+                f"<p><b>Score {_num(self.score)} / {_num(self.max_score)}</b> ({self.seconds:.0f} s)</p>"
+                "<table><thead><tr><th>task</th><th>points</th><th>score</th><th>status</th>"
+                "<th style='text-align:left'>message</th></tr></thead><tbody>" + "".join(rows) +
+                "</tbody></table>" + extra + mode + "</div>")
+
+    def _repr_html_(self) -> str:
+        return self.html()
 
 
 def _num(x: float) -> str:
@@ -129,6 +167,8 @@ def rebuild_for_grading(learner: NotebookNode, source: NotebookNode) -> tuple[No
     cells: list[NotebookNode] = []
     placed: set[str] = set()
     for cell in learner.cells:
+        if cell.get("metadata", {}).get(SOURCE_KEY, {}).get("check"):
+            continue  # the check cell grades the notebook: it has no place in the graded run
         src = by_key.get(("gid", grade_id(cell))) if grade_id(cell) else None
         src = src or (by_key.get(("id", cell["id"])) if cell.get("id") else None)
         if src is not None:
@@ -177,129 +217,182 @@ def rebuild_for_grading(learner: NotebookNode, source: NotebookNode) -> tuple[No
     return nb, index
 
 
-# ---------------------------------------------------------------------------------------------------- execute
-def _error_message(content: dict, cell: NotebookNode) -> str:
-    """'AssertionError: message' from an execute reply; the failing line when the exception has no message."""
-    ename, evalue = content.get("ename", "Error"), str(content.get("evalue", "")).strip()
+# ---------------------------------------------------------------------------------------------------- grade
+def _message(e: BaseException, code: str) -> str:
+    """'AssertionError: message' for a failed check; the failing line when the exception has no message."""
+    import traceback
+
+    ename = type(e).__name__
+    try:
+        evalue = str(e).strip()
+    except Exception:  # noqa: BLE001 (any __str__ may fail)
+        evalue = ""
     if ename == "NotImplementedError" and not evalue:
         return "NotImplementedError: not done yet (replace `raise NotImplementedError()`)"
     if evalue:
         return f"{ename}: {evalue}"
-    tb = _ANSI.sub("", "\n".join(content.get("traceback", [])))
-    m = re.search(r"line (\d+)", tb)
-    lines = cell.source.splitlines()
-    if m and 0 < int(m.group(1)) <= len(lines):
-        return f"{ename} at `{lines[int(m.group(1)) - 1].strip()}`"
+    lines = code.splitlines()
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename == "<cell>" and frame.lineno and 0 < frame.lineno <= len(lines):
+            return f"{ename} at `{lines[frame.lineno - 1].strip()}`"
     return ename
 
 
-async def _kernel_responds(kc, seconds: float) -> bool:
-    """True if the kernel answers a kernel_info request within ``seconds`` (it is not stuck in a cell)."""
-    msg_id = kc.kernel_info()
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            msg = await kc.shell_channel.get_msg(timeout=left)
-        except Exception:  # queue.Empty on timeout
-            return False
-        if msg.get("parent_header", {}).get("msg_id") == msg_id:
-            return True
-    return False
+def _source_checks(learner: NotebookNode, src_nb: NotebookNode, path: Path) -> list[str]:
+    """Clear errors for a notebook that is not a version of the source; notes on edited locked cells."""
+    src_keys = {_key(c) for c in src_nb.cells if is_solution_cell(c) or is_test_cell(c)} - {None}
+    if not any(_key(c) in src_keys for c in learner.cells):
+        raise ValueError(f"{path.name} shares no graded cell (grade_id or cell id) with its source: it is not a "
+                         "version of this exercise; name the right source with --source, or start again from "
+                         "exercises/")
+    notes = []
+    src_ro = {grade_id(c): c for c in src_nb.cells if is_readonly_cell(c)}
+    for c in learner.cells:
+        src = src_ro.get(grade_id(c)) if grade_id(c) else None
+        if src is not None and c.source.strip() != src.source.strip():
+            notes.append(f"you edited the locked cell {grade_id(c)!r}: the grader ran the original instead "
+                         "(put your own imports in a cell of your own)")
+    return notes
 
 
-async def _run_cells(nb: NotebookNode, timeout: float, kernel_name: str, cwd: Path, env: dict) -> dict[int, dict]:
-    """Execute code cells one by one; {cell index: execute reply content, or {"status": "not run", ...}}."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import DeadKernelError
+def _plan(nb: NotebookNode, timeout: float) -> tuple[list[dict], list[float]]:
+    steps, limits = [], []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        if is_test_cell(cell):
+            steps.append({"kind": "probe", "task": grade_id(cell), "cell": i})
+        else:
+            steps.append({"kind": "cell", "code": cell.source, "cell": i})
+        limits.append(max(timeout, SETUP_TIMEOUT) if is_readonly_cell(cell) else timeout)
+    return steps, limits
 
-    replies: dict[int, dict] = {}
-    quiet = logging.getLogger("dsv3_edu.grade.kernel")
-    quiet.setLevel(logging.CRITICAL)
 
-    def on_executed(cell, cell_index, execute_reply):
-        replies[cell_index] = execute_reply["content"]
+def _load_results(folder: Path, task: str) -> list | None:
+    """A task's results as the worker wrote them: JSON and safetensors only (no pickle: no code runs)."""
+    import json
 
-    def cell_timeout(cell) -> int:
-        return max(int(timeout), SETUP_TIMEOUT) if is_readonly_cell(cell) else int(timeout)
+    from safetensors.torch import load_file
 
-    client = NotebookClient(
-        nb, timeout=int(timeout), timeout_func=cell_timeout, kernel_name=kernel_name, allow_errors=True,
-        interrupt_on_timeout=True,
-        error_on_timeout={"ename": TIMEOUT_ENAME, "traceback": [],
-                          "evalue": f"the cell ran longer than {int(timeout)} s and was stopped"},
-        on_cell_executed=on_executed, shutdown_kernel="immediate", log=quiet,
-        resources={"metadata": {"path": str(cwd)}})
-    stuck = None
-    # the kernel process's own stderr (ZMQ warnings) is noise here; cell output arrives via IOPub
-    async with client.async_setup_kernel(env=env, stderr=subprocess.DEVNULL):
-        for i, cell in enumerate(nb.cells):
-            if cell.cell_type != "code" or not cell.source.strip():
+    from .probe import decode
+
+    jpath, tpath = folder / f"{task}.json", folder / f"{task}.safetensors"
+    if not jpath.is_file() or not tpath.is_file() or jpath.stat().st_size > 200_000_000:
+        return None
+    try:
+        data = json.loads(jpath.read_text())
+        tensors = load_file(str(tpath))
+        out = []
+        for r in data["results"]:
+            if "error" in r:
+                out.append({"error": str(r["error"])[:200], "message": str(r.get("message", ""))[:4000]})
                 continue
-            if stuck:
-                replies[i] = {"status": "not run", "evalue": stuck}
-                continue
-            try:
-                await client.async_execute_cell(cell, i, execution_count=i + 1)
-            except DeadKernelError:
-                replies[i] = {"status": "error", "ename": "DeadKernelError", "evalue": "the kernel died in this cell"}
-                stuck = f"not run: the kernel died in cell {i}"
-                continue
-            if replies.get(i, {}).get("ename") == TIMEOUT_ENAME and not await _kernel_responds(client.kc, 10):
-                stuck = f"not run: the kernel stayed stuck in cell {i} after the timeout"
-    return replies
+            out.append({"value": decode(r["value"], tensors),
+                        "grads": None if r.get("grads") is None else [decode(g, tensors) for g in r["grads"]],
+                        "changed": [(tuple(p), decode(v, tensors)) for p, v in r.get("changed", [])]})
+        return out
+    except Exception:  # noqa: BLE001 (malformed data from the worker: the task is not graded)
+        return None
 
 
 def grade_notebook(path: str | Path, source: str | Path | None = None, timeout: float = 60.0,
-                   kernel_name: str = "python3", cwd: str | Path | None = None) -> GradeReport:
+                   kernel_name: str = "python3", cwd: str | Path | None = None,
+                   hide: list[str | Path] | None = None, fast: bool | None = None, log=None) -> GradeReport:
     """Grade a learner's notebook against its source in solutions/ (found by name when not given).
 
-    timeout: seconds per cell (whole seconds; the source's read-only setup cells get at least SETUP_TIMEOUT).
-    cwd: the kernel's working folder (default: the notebook's folder).
-    Raises ValueError when the notebook or its source cannot be read or the source has no test cells.
+    The learner's cells run in a sandboxed worker (see sandbox.py); the checks run here, on the data it returns.
+    timeout: seconds per cell (the source's read-only setup cells get at least SETUP_TIMEOUT).
+    cwd, kernel_name: kept for compatibility (the worker always runs in a private temp folder).
+    Raises ValueError when the notebook or its source cannot be read, the source has no test cells, or the
+    source's fixtures are missing or out of date.
     """
-    from jupyter_core.utils import run_sync
-    from nbgrader.utils import determine_grade
+    import shutil
+    import tempfile
+
+    from .probe import compare_grads, ensure_fixture, run_test_cell_in, worker_inputs
+    from .sandbox import run_worker
 
     path = Path(path)
     learner = read_notebook(path)
     source = Path(source) if source is not None else find_source(path, learner)
+    source = check_source(source)
     src_nb = read_notebook(source)
     if not autograded_cells(src_nb):
         raise ValueError(f"{source} has no autograded test cells: it is not an exercise notebook")
     if timeout < 1:
         raise ValueError(f"timeout must be at least 1 second per cell, got {timeout}")
+    fixture = ensure_fixture(source, src_nb, log=log)
+    notes = _source_checks(learner, src_nb, path)
 
     nb, test_index = rebuild_for_grading(learner, src_nb)
+    steps, limits = _plan(nb, timeout)
     t0 = time.perf_counter()
-    cwd = Path(cwd) if cwd is not None else path.resolve().parent
-    replies = run_sync(_run_cells)(nb, timeout, kernel_name, cwd, kernel_env())
-    seconds = time.perf_counter() - t0
+    workdir = Path(tempfile.mkdtemp(prefix="dsv3-grade-"))
+    try:
+        import torch
+        torch.save(worker_inputs(fixture), workdir / "inputs.pt")
+        run = run_worker(workdir, steps, limits, total_limit=sum(limits) + 120, fast=fast, log=log)
+        results = {s["task"]: _load_results(workdir / "results", s["task"]) for s in steps if s["kind"] == "probe"}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
+    # the checks, here (trusted): the source's test cells on the worker's results
+    step_of = {s["cell"]: j for j, s in enumerate(steps)}
+    task_state: dict[str, tuple[str, str]] = {}
+    for gid, i in test_index.items():
+        out = run.outcomes.get(step_of.get(i, -1))
+        if out is None or out.status == "not run":
+            task_state[gid] = ("not run", out.message if out else "not run")
+        elif out.status == "timeout":
+            task_state[gid] = ("timeout", f"timed out: your code {out.message}")
+        elif out.status in ("died", "output"):
+            task_state[gid] = ("failed", out.message)
+        elif results.get(gid) is None:
+            task_state[gid] = ("failed", "the grading worker returned no usable results for this task")
+    checks = run_test_cell_in(src_nb, fixture, results, skip=set(task_state))
     tasks = []
     for gid, i in test_index.items():
-        cell, reply = nb.cells[i], replies.get(i, {"status": "not run", "evalue": "not run"})
-        status, pts = reply.get("status"), points(nb.cells[i])
-        if status == "not run":
-            tasks.append(TaskResult(gid, pts, 0.0, "not run", reply["evalue"]))
-        elif reply.get("ename") == TIMEOUT_ENAME:
-            tasks.append(TaskResult(gid, pts, 0.0, "timeout", f"timed out: {reply['evalue']}"))
-        elif status == "error":
-            tasks.append(TaskResult(gid, pts, 0.0, "failed", _error_message(reply, cell)))
-        elif status != "ok":
-            tasks.append(TaskResult(gid, pts, 0.0, "failed", f"the kernel answered {status!r}"))
+        cell = nb.cells[i]
+        pts = points(cell)
+        if gid in task_state:
+            status, msg = task_state[gid]
+            tasks.append(TaskResult(gid, pts, 0.0, status, msg))
+            continue
+        err, code = checks.get(gid, (None, ""))
+        if err is not None:
+            tasks.append(TaskResult(gid, pts, 0.0, "failed", _message(err, code)))
+            continue
+        bad = compare_grads(gid, fixture["probes"].get(gid, []), results[gid])
+        if bad:
+            tasks.append(TaskResult(gid, pts, 0.0, "failed", f"GradientError: {bad}"))
         else:
-            score, _ = determine_grade(cell)
-            stderr = "".join(o.get("text", "") for o in cell.outputs
-                             if o.get("output_type") == "stream" and o.get("name") == "stderr")
-            msg = f"the test wrote to stderr, which counts as a failure: {stderr.strip()}" if stderr else ""
-            if not stderr and score < pts:
-                msg = f"partial credit: the test returned {score:g} of {pts:g}"
-            tasks.append(TaskResult(gid, pts, float(score), "passed" if score >= pts else "failed", msg))
+            tasks.append(TaskResult(gid, pts, pts, "passed", ""))
+    seconds = time.perf_counter() - t0
 
     errors = []
-    tests = set(test_index.values())
-    for i, reply in sorted(replies.items()):
-        if i not in tests and reply.get("status") == "error":
-            label = grade_id(nb.cells[i]) or (nb.cells[i].source.strip().splitlines() or [""])[0][:40]
-            errors.append(f"cell {i} ({label}): {_error_message(reply, nb.cells[i])}")
-    return GradeReport(str(path), str(source), tasks, errors, seconds, nb)
+    for j, s in enumerate(steps):
+        out = run.outcomes.get(j)
+        if s["kind"] != "cell" or out is None:
+            continue
+        label = grade_id(nb.cells[s["cell"]]) or (nb.cells[s["cell"]].source.strip().splitlines() or [""])[0][:40]
+        if out.status == "error" and out.error:
+            ename, evalue = out.error
+            errors.append(f"cell {s['cell']} ({label}): {ename}: {evalue}" if evalue else
+                          f"cell {s['cell']} ({label}): {ename}")
+        elif out.status in ("timeout", "died", "output"):
+            errors.append(f"cell {s['cell']} ({label}): {out.message}")
+    # the notebook as graded: each cell with what it printed, each test with its verdict
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+    from nbformat.v4 import new_output
+    for j, s in enumerate(steps):
+        out = run.outcomes.get(j)
+        cell = nb.cells[s["cell"]]
+        if out is not None and out.output:
+            cell.outputs.append(new_output("stream", name="stdout", text=out.output))
+        if s["kind"] == "probe":
+            t = next(t for t in tasks if t.grade_id == s["task"])
+            cell.outputs.append(new_output("stream", name="stdout",
+                                           text=f"[grader] {t.status}, {t.score:g}/{t.points:g} {t.message}\n"))
+    return GradeReport(str(path), str(source), tasks, errors, seconds, nb, notes, run.sandbox)
