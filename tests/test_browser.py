@@ -74,6 +74,9 @@ def lab(tmp_path_factory):
     news = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))  # every cell in the DOM: cell i = i-th .jp-Cell
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, DSV3_FAST="1", PYTHONPATH=str(course), OMP_NUM_THREADS="1",
                MPLBACKEND="module://matplotlib_inline.backend_inline")
@@ -156,6 +159,20 @@ _JS_RUN_TO = """async ([needle, ms]) => {
   return [idx, above, self];
 }"""
 
+_JS_RUN_ONE = """async ([needle, ms]) => {
+  const app = window.jupyterapp;
+  const nb = app.shell.currentWidget.content;
+  const idx = nb.widgets.findIndex(c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(needle));
+  if (idx < 0) throw new Error('no code cell contains ' + needle);
+  await app.commands.execute('docmanager:save');
+  nb.activeCellIndex = idx;
+  nb.deselectAll();
+  nb.widgets[idx].node.scrollIntoView();
+  const timeout = new Promise((_, no) => setTimeout(() => no(new Error('cell still running after ' + ms + ' ms')), ms));
+  const ok = await Promise.race([app.commands.execute('notebook:run-cell'), timeout]);
+  return [idx, ok];
+}"""
+
 _JS_ERRORS = """() => {
   const nb = window.jupyterapp.shell.currentWidget.content;
   return nb.widgets.filter(c => c.model.type === 'code')
@@ -174,6 +191,13 @@ def run_to(page: Page, needle: str, timeout_ms: int = 240_000):
     if not (above and ran):
         errors = page.evaluate(_JS_ERRORS)
         pytest.fail(f"running up to {needle!r} failed (cell {idx}):\n" + "\n---\n".join(errors))
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(idx)
+
+
+def save_and_run(page: Page, needle: str, timeout_ms: int = 600_000):
+    """Save the notebook (the check cell grades the saved file), then run only the cell containing ``needle``."""
+    idx, ok = page.evaluate(_JS_RUN_ONE, [needle, timeout_ms])
+    assert ok, f"the cell with {needle!r} raised:\n" + "\n---\n".join(page.evaluate(_JS_ERRORS))
     return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(idx)
 
 
@@ -282,3 +306,51 @@ def test_explorer_07_dualpipe(page):
     set_slider(cell, "micro-batches", 12)
     wait_changed(cell, second, "micro-batches = 12")
     shot(page, "07_explorer_after")
+
+
+# ------------------------------------------------------------------------------------- the check cell
+def _solved_copy(course: Path, name: str) -> str:
+    """exercises/<stem>_solved.ipynb: the exercise with each stub replaced by the solution's code."""
+    import nbformat
+
+    from dsv3_edu.grade.cells import grade_id, is_solution_cell
+
+    ex = nbformat.read(course / "exercises" / name, as_version=4)
+    sol = nbformat.read(course / "solutions" / name, as_version=4)
+    code = {grade_id(c): c.source for c in sol.cells if is_solution_cell(c)}
+    for c in ex.cells:
+        if is_solution_cell(c):
+            c.source = code[grade_id(c)]
+    out = f"exercises/{Path(name).stem}_solved.ipynb"
+    nbformat.write(ex, course / out)
+    return out
+
+
+def _report(cell):
+    report = cell.locator(".dsv3-grade-report")
+    report.wait_for(timeout=600_000)
+    rows = report.locator("tbody tr")
+    cells = [[td.strip() for td in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
+    return report.inner_text(), cells[:-1], cells[-1]          # tasks, then the TOTAL row
+
+
+def test_check_cell_gives_full_marks_to_the_solution(page, lab):
+    path = _solved_copy(lab[2], "02_mla.ipynb")
+    open_notebook(page, path)
+    cell = save_and_run(page, "check()")
+    text, tasks, total = _report(cell)
+    cell.scroll_into_view_if_needed()
+    shot(page, "check_cell_full_marks")
+    assert tasks and all(t[1] == t[2] and t[3] == "passed" for t in tasks), text
+    assert total[0] == "TOTAL" and total[1] == total[2] and total[3] == "100%", text
+
+
+def test_check_cell_gives_zero_with_reasons_to_the_untouched_exercise(page):
+    open_notebook(page, "exercises/02_mla.ipynb")
+    cell = save_and_run(page, "check()")
+    text, tasks, total = _report(cell)
+    cell.scroll_into_view_if_needed()
+    shot(page, "check_cell_untouched")
+    assert tasks and total[2] == "0", text
+    for name, points, score, status, message in tasks:
+        assert score == "0" and status != "passed" and message, f"task {name} has no reason for its 0:\n{text}"
