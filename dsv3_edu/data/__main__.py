@@ -24,26 +24,31 @@ def main(argv=None) -> None:
     b = sub.add_parser("build", help="build (or reuse) the packed train/val token streams")
     b.add_argument("--source", nargs="+", default=None, help="text files/folders (default: Python stdlib)")
     b.add_argument("--out", default=None, help="output folder (default: <repo>/data/build)")
-    b.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    b.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                   help="vocabulary of a newly trained BPE (default: %(default)s)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--train-tokenizer", action="store_true", help="train a new BPE instead of the committed one")
     g.add_argument("--tokenizer", default=None, help="path to a tokenizer.json to use")
-    b.add_argument("--fim-rate", type=float, default=DEFAULT_FIM_RATE)
-    b.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="cap of the default corpus")
+    b.add_argument("--fim-rate", type=float, default=DEFAULT_FIM_RATE,
+                   help="fraction of train documents rewritten as fill-in-the-middle (PSM) (default: %(default)s)")
+    b.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help="fraction of documents held out for validation (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split and the FIM choices (default: %(default)s)")
+    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="cap of the default corpus in bytes (default: %(default)s)")
     b.add_argument("--strict", action="store_true", help="fail on binary/non-UTF-8 files instead of skipping")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if the cache matches")
 
     t = sub.add_parser("tokenizer", help="train the default tokenizer (the committed data/tokenizer.json)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    t.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    t.add_argument("--out", required=True, help="where to write the tokenizer.json")
+    t.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size (default: %(default)s)")
+    t.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="bytes of the default corpus to train on (default: %(default)s)")
 
     s = sub.add_parser("stats", help="tokens per byte of a tokenizer on a corpus")
-    s.add_argument("--source", nargs="+", default=None)
-    s.add_argument("--tokenizer", default=None)
-    s.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    s.add_argument("--source", nargs="+", default=None, help="text files/folders (default: Python stdlib)")
+    s.add_argument("--tokenizer", default=None, help="a tokenizer.json (default: the committed one)")
+    s.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="cap of the default corpus (default: %(default)s)")
 
     a = p.parse_args(argv)
     if a.cmd == "build":
