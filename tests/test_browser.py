@@ -173,6 +173,9 @@ _JS_RUN_ONE = """async ([needle, ms]) => {
   return [idx, ok];
 }"""
 
+_JS_FIND = """(needle) => window.jupyterapp.shell.currentWidget.content.widgets.findIndex(
+  c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(needle))"""
+
 _JS_ERRORS = """() => {
   const nb = window.jupyterapp.shell.currentWidget.content;
   return nb.widgets.filter(c => c.model.type === 'code')
@@ -265,6 +268,21 @@ def test_start_page_links_the_course(page):
         assert words in text, f"start page does not mention {words!r}"
     panel.locator(".jp-RenderedMarkdown a", has_text="MLA").first.click()     # a link opens the notebook in the lab
     page.locator(".lm-TabBar-tab.lm-mod-current", has_text="02_mla.ipynb").first.wait_for()
+
+
+def test_saved_explorers_read_as_a_note_and_a_figure(page):
+    """Opened without running, an explorer shows the 'run this cell' note and its saved figure, not a repr."""
+    for path, needle in (("notebooks/02_mla.ipynb", "kv_cache_explorer("), ("notebooks/03_moe.ipynb", "routing_explorer("),
+                         ("notebooks/07_dualpipe.ipynb", "schedule_explorer(")):
+        open_notebook(page, path)
+        idx = page.evaluate(_JS_FIND, needle)
+        cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(idx)
+        cell.scroll_into_view_if_needed()
+        text = cell.locator(".jp-OutputArea").inner_text()
+        assert "run this cell to move the controls" in text, f"{path}: no note in the saved explorer:\n{text[:500]}"
+        assert "VBox(" not in text and "HBox(" not in text, f"{path}: a widget repr shows:\n{text[:500]}"
+        assert cell.locator(".jp-OutputArea-output img").count() >= 1, f"{path}: the saved explorer has no figure"
+        shot(page, f"saved_{Path(path).stem}_explorer")
 
 
 def test_explorer_02_mla(page):
