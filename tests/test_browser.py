@@ -176,6 +176,8 @@ _JS_RUN_ONE = """async ([needle, ms]) => {
 _JS_FIND = """(needle) => window.jupyterapp.shell.currentWidget.content.widgets.findIndex(
   c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(needle))"""
 
+_JS_IDLE = "() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status === 'idle'"
+
 _JS_ERRORS = """() => {
   const nb = window.jupyterapp.shell.currentWidget.content;
   return nb.widgets.filter(c => c.model.type === 'code')
@@ -221,8 +223,9 @@ def wait_changed(cell, before: str, what: str, timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         now = figure_src(cell)
-        if now and now != before:
-            return now
+        if now and now != before and cell.page.evaluate(_JS_IDLE):
+            time.sleep(0.5)                        # the last redraw's image lands after the kernel goes idle
+            return figure_src(cell)
         time.sleep(0.25)
     pytest.fail(f"the figure did not change within {timeout_s:.0f} s after {what}")
 
@@ -293,7 +296,9 @@ def test_explorer_02_mla(page):
     first = figure_src(cell)
     set_slider(cell, "n_h (heads)", 24)
     second = wait_changed(cell, first, "n_h = 24")
-    set_dropdown(cell, "GQA groups", 3)             # only divisors of n_h are offered: 3 divides 24
+    gqa = cell.locator(".widget-dropdown", has=page.locator("label", has_text="GQA groups")).locator("option")
+    assert gqa.all_inner_texts() == ["1", "2", "3", "4", "6", "8", "12", "24"], "GQA groups must divide n_h = 24"
+    set_dropdown(cell, "GQA groups", 3)
     wait_changed(cell, second, "GQA groups = 3")
     shot(page, "02_explorer_after")
     assert "Error displaying widget" not in cell.inner_text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import matplotlib.pyplot as plt
 
@@ -42,6 +43,7 @@ class Explorer:
         self.layout = layout if layout is not None else widgets.VBox(list(controls.values()))
         self.figure, self.text = None, ""
         self._ids = None                                   # display ids once shown
+        self._quiet = False
         self.redraw()
         for w in controls.values():
             w.observe(self.redraw, names="value")
@@ -50,7 +52,18 @@ class Explorer:
     def values(self) -> dict:
         return {k: w.value for k, w in self.controls.items()}
 
+    @contextmanager
+    def quiet(self):
+        """No redraws inside: for an observer that adjusts other controls (the control it watches redraws after)."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
     def redraw(self, _=None) -> None:
+        if self._quiet:
+            return
         fig, text = self.draw(self.values)
         if self.figure is not None:
             plt.close(self.figure)

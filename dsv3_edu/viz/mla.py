@@ -83,8 +83,9 @@ def kv_cache_explorer(base: str | ModelConfig = "deepseek-v3"):
     def heads_changed(change):                     # keep the GQA choice valid: the largest divisor <= the old one
         groups = knobs["n_kv_groups"]
         old, options = groups.value, gqa_group_options(change["new"])
-        groups.options = options
-        groups.value = max(g for g in options if g <= old)
+        with explorer.quiet():                     # one redraw, by the heads slider's own observer
+            groups.options = options
+            groups.value = max(g for g in options if g <= old)
 
     knobs["n_heads"].observe(heads_changed, names="value")   # registered first: runs before the redraw
 
@@ -93,7 +94,8 @@ def kv_cache_explorer(base: str | ModelConfig = "deepseek-v3"):
         c = cfg.replace(**shape, n_dense_layers=min(cfg.n_dense_layers, v["n_layers"]))
         return plot_kv_cache_vs_context(c, v["max_context_k"] * 1024, n_kv_groups=v["n_kv_groups"]), ""
 
-    return Explorer(knobs, draw)
+    explorer = Explorer(knobs, draw)
+    return explorer
 
 
 def plot_decode_benchmark(contexts: list[int], ms_per_token: dict[str, list[float]],

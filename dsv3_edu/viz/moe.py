@@ -90,8 +90,9 @@ def routing_explorer(n_experts: int = 16, seed: int = 0):
 
     def limits(_=None):                            # registered before the redraw, so it draws valid values
         G = knobs["n_groups"].value
-        knobs["topk_groups"].max = G               # a lower max clips the value too
-        knobs["top_k"].max = min(8, knobs["topk_groups"].value * (n_experts // G))
+        with explorer.quiet():                     # one redraw, by the changed control's own observer
+            knobs["topk_groups"].max = G           # a lower max clips the value too
+            knobs["top_k"].max = min(8, knobs["topk_groups"].value * (n_experts // G))
 
     knobs["n_groups"].observe(limits, names="value")
     knobs["topk_groups"].observe(limits, names="value")
@@ -102,7 +103,8 @@ def routing_explorer(n_experts: int = 16, seed: int = 0):
         fig = plot_routing(scores, bias, v["top_k"], v["n_groups"], v["topk_groups"], v["route_scale"])
         return fig, ""
 
-    return Explorer(knobs, draw)
+    explorer = Explorer(knobs, draw)
+    return explorer
 
 
 # ----------------------------------------------------------------------------------------- routing on text
