@@ -36,7 +36,7 @@ if not Path(CHROMIUM).exists():
                 f"as .ci/run does; or set DSV3_CHROMIUM to its path)", allow_module_level=True)
 
 # a dev dependency: missing, it fails
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,8 @@ _JS_RUN_TO = """async ([needle, ms]) => {
   if (idx < 0) throw new Error('no code cell contains ' + needle);
   nb.activeCellIndex = idx;
   nb.deselectAll();
-  const timeout = new Promise((_, no) => setTimeout(() => no(new Error('cells still running after ' + ms + ' ms')), ms));
+  const timeout = new Promise((_, no) =>
+    setTimeout(() => no(new Error('cells still running after ' + ms + ' ms')), ms));
   const above = await Promise.race([app.commands.execute('notebook:run-all-above'), timeout]);
   nb.activeCellIndex = idx;
   const self = await Promise.race([app.commands.execute('notebook:run-cell'), timeout]);
@@ -181,7 +182,9 @@ _JS_IDLE = "() => window.jupyterapp.shell.currentWidget.sessionContext.session?.
 _JS_ERRORS = """() => {
   const nb = window.jupyterapp.shell.currentWidget.content;
   return nb.widgets.filter(c => c.model.type === 'code')
-    .flatMap(c => Array.from(c.node.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]')))
+    .flatMap(c => Array.from(c.node.querySelectorAll(
+      '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], '
+      + '.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]')))
     .map(e => e.innerText.slice(0, 2000));
 }"""
 
@@ -275,7 +278,8 @@ def test_start_page_links_the_course(page):
 
 def test_saved_explorers_read_as_a_note_and_a_figure(page):
     """Opened without running, an explorer shows the 'run this cell' note and its saved figure, not a repr."""
-    for path, needle in (("notebooks/02_mla.ipynb", "kv_cache_explorer("), ("notebooks/03_moe.ipynb", "routing_explorer("),
+    for path, needle in (("notebooks/02_mla.ipynb", "kv_cache_explorer("),
+                         ("notebooks/03_moe.ipynb", "routing_explorer("),
                          ("notebooks/07_dualpipe.ipynb", "schedule_explorer(")):
         open_notebook(page, path)
         idx = page.evaluate(_JS_FIND, needle)
@@ -375,5 +379,5 @@ def test_check_cell_gives_zero_with_reasons_to_the_untouched_exercise(page):
     cell.scroll_into_view_if_needed()
     shot(page, "check_cell_untouched")
     assert tasks and total[2] == "0", text
-    for name, points, score, status, message in tasks:
+    for name, _points, score, status, message in tasks:
         assert score == "0" and status != "passed" and message, f"task {name} has no reason for its 0:\n{text}"

@@ -34,7 +34,8 @@ def main(argv=None) -> None:
     b.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                    help="fraction of documents held out for validation (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="seed of the split and the FIM choices (default: %(default)s)")
-    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="cap of the default corpus in bytes (default: %(default)s)")
+    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="cap of the default corpus in bytes (default: %(default)s)")
     b.add_argument("--strict", action="store_true", help="fail on binary/non-UTF-8 files instead of skipping")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if the cache matches")
 
