@@ -13,7 +13,6 @@ import torch
 from ..accounting import kv_cache_bytes_per_token
 from ..config import ModelConfig, get_config
 from ..model.rope import rope_frequencies, yarn_correction_range, yarn_mscale
-from .explore import interactive_figure  # noqa: F401  (re-exported: older imports use viz.mla)
 
 KV_KINDS = ("mha", "gqa", "mqa", "mla")
 
