@@ -144,6 +144,33 @@ def _generate_with(args, model, tok) -> int:
     return 0
 
 
+TRAIN_HELP = {   # one line per TrainConfig field: what `python -m dsv3_edu train --help` says about it
+    "preset": "model preset (nano, tiny, small) or a config JSON path",
+    "steps": "optimizer steps",
+    "batch_size": "sequences per micro-batch",
+    "seq_len": "tokens per sequence",
+    "grad_accum": "micro-batches per optimizer step (gradient accumulation)",
+    "lr": "peak learning rate (after warmup; then cosine decay)",
+    "min_lr_ratio": "the cosine ends at lr x this at the last step",
+    "warmup_steps": "linear warmup steps from 0 to lr",
+    "weight_decay": "AdamW weight decay",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the global gradient norm to this value",
+    "eval_every": "validate every this many steps",
+    "eval_batches": "validation batches per evaluation",
+    "log_every": "log a metrics row every this many steps",
+    "save_every": "save a checkpoint every this many steps",
+    "seed": "random seed (weights, data order)",
+    "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
+    "bf16": "bf16 autocast on CUDA (ignored on CPU)",
+    "out_dir": "run folder: checkpoint, metrics.jsonl, plots",
+    "data_source": "a text file or folder to train on (default: the Python standard library's sources)",
+    "data_max_bytes": "cap on the corpus size in bytes (default: the data package's)",
+    "plots": "write loss.png and expert_load.png to the run folder",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     from .train import TrainConfig
     p = _Parser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
@@ -156,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         d = getattr(defaults, f.name)
         kind = type(d) if d is not None else (int if f.name.endswith("bytes") else str)
+        what = TRAIN_HELP.get(f.name, f.name.replace("_", " "))
         if kind is bool:
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=None)
+                           default=None, help=f"{what} (default: {'on' if d else 'off'})")
         else:
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                           help=f"default: {d}")
+                           help=f"{what} (default: {d})")
     t.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="model config overrides, e.g. n_mtp=0")
     t.add_argument("--resume", help="continue a run from its folder (same data order, optimizer, biases)")
     t.add_argument("--samples", type=int, default=3, help="print this many samples at the end (0: none)")
@@ -169,12 +197,14 @@ def main(argv: list[str] | None = None) -> int:
 
     g = sub.add_parser("generate", help="generate from a checkpoint")
     g.add_argument("--ckpt", default="runs/tiny", help="run folder or checkpoint folder")
-    g.add_argument("--prompt", default="def ")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature; 0 = greedy (default: %(default)s)")
+    g.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (default: %(default)s)")
+    g.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set of tokens with this total probability (default: off)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     g.add_argument("--speculative", choices=["mtp"], help="greedy speculative decoding with the MTP drafter")
     g.add_argument("--fim-prefix", help="code before the hole (fill-in-the-middle)")
     g.add_argument("--fim-suffix", help="code after the hole")
@@ -183,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     g.set_defaults(func=_generate)
 
     a = sub.add_parser("accounting", help="parameter and KV-cache accounting (see dsv3_edu.accounting)")
-    a.add_argument("rest", nargs=argparse.REMAINDER)
+    a.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="options of python -m dsv3_edu.accounting: --preset NAME | --config FILE, --json")
     a.set_defaults(func=lambda args: __import__("dsv3_edu.accounting", fromlist=["main"]).main(args.rest))
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     """The CLI; a missing or malformed config (bad JSON, unknown key, bad value) gives one line and exit 2."""
     p = _Parser(prog="python -m dsv3_edu.accounting", description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", default="deepseek-v3", help="preset name (nano, tiny, small, deepseek-v3)")
+    g.add_argument("--preset", default="deepseek-v3",
+                   help="preset name: nano, tiny, small, deepseek-v3 (default: %(default)s)")
     g.add_argument("--config", help="path to a config JSON (ours or DeepSeek's config_671B.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)

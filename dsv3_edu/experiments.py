@@ -102,11 +102,12 @@ def matched_dense_overrides(cfg: ModelConfig) -> dict:
 
 
 def run_ablation(base: TrainConfig, variants: dict, seeds=(0,), dataset=None, keep_models: bool = False,
-                 verbose: bool = True) -> list[RunRow]:
+                 verbose: bool = True, progress: bool = False) -> list[RunRow]:
     """Train every variant once per seed; returns one RunRow per run, in order seed-major.
 
     Runs are interleaved (all variants for seed 0, then seed 1...) so a slow period of a shared machine
     does not land on one variant only. Every config is checked before the first run starts.
+    ``progress``: a tqdm progress bar over the steps of each run (one bar per run).
     """
     if not variants:
         raise ValueError("run_ablation needs at least one variant")
@@ -124,7 +125,7 @@ def run_ablation(base: TrainConfig, variants: dict, seeds=(0,), dataset=None, ke
     for k, seed in enumerate(seeds):
         for name, tcs in plans.items():
             t0 = time.perf_counter()
-            res = train(tcs[k], dataset=dataset, progress=False)
+            res = train(tcs[k], dataset=dataset, progress=progress)
             wall = time.perf_counter() - t0
             tps = [r["tokens_per_s"] for r in res.history]
             row = RunRow(variant=name, seed=seed, final_val_loss=res.final_val_loss,

@@ -414,8 +414,8 @@ def restore_checkpoint(resume_dir: Path, model: Transformer, opt, batches, devic
 def _progress(it, enabled: bool, **kw):
     if not enabled:
         return it
-    from tqdm.auto import tqdm
-    return tqdm(it, desc="train", unit="step", **kw)
+    from .progress import progress
+    return progress(it, desc="train", unit="step", **kw)
 
 
 def _diverged_msg(step: int, value: float, out_dir: Path | None, tc: TrainConfig, what: str = "loss") -> str:

@@ -77,35 +77,44 @@ def main(argv=None) -> int:
 
     b = sub.add_parser("build", help="build (or reuse) the packed train/val token streams")
     b.add_argument("--source", nargs="+", default=None, help="text files/folders (default: Python stdlib)")
-    b.add_argument("--out", default=None, help="output folder (default: <repo>/data/build)")
-    b.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    b.add_argument("--out", default=None, help="output folder (default: <repo>/data/build/vocab<V>)")
+    b.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                   help="vocabulary size: the packaged BPE of that size, else one trained once and cached "
+                        "(default: %(default)s)")
     g = b.add_mutually_exclusive_group()
-    g.add_argument("--train-tokenizer", action="store_true", help="train a new BPE instead of the committed one")
+    g.add_argument("--train-tokenizer", action="store_true", help="train a new BPE instead of the packaged one")
     g.add_argument("--tokenizer", default=None, help="path to a tokenizer.json to use")
-    b.add_argument("--fim-rate", type=float, default=DEFAULT_FIM_RATE)
-    b.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="cap of the default corpus")
+    b.add_argument("--fim-rate", type=float, default=DEFAULT_FIM_RATE,
+                   help="fraction of train documents rewritten as fill-in-the-middle (PSM) (default: %(default)s)")
+    b.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                   help="fraction of documents held out for validation (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the split and the FIM choices (default: %(default)s)")
+    b.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="cap of the default corpus in bytes (default: %(default)s)")
     b.add_argument("--strict", action="store_true", help="fail on binary/non-UTF-8 files instead of skipping")
     b.add_argument("--rebuild", action="store_true", help="rebuild even if the cache matches")
 
     t = sub.add_parser("tokenizer", help="train a tokenizer with the packaged ones' recipe (dsv3_edu/data/tokenizers/)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    t.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    t.add_argument("--out", required=True, help="where to write the tokenizer.json")
+    t.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size (default: %(default)s)")
+    t.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="bytes of the default corpus to train on (default: %(default)s)")
 
     s = sub.add_parser("stats", help="the built dataset's manifest (default corpus), or tokens per byte of "
                                      "a tokenizer on --source")
     s.add_argument("--source", nargs="+", default=None, help="text files/folders: print tokens per byte only")
-    s.add_argument("--tokenizer", default=None)
-    s.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    s.add_argument("--tokenizer", default=None, help="a tokenizer.json (default: the packaged one for --vocab-size)")
+    s.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="vocabulary size (default: %(default)s)")
     s.add_argument("--out", default=None, help="build folder (default: <repo>/data/build/vocab<V>)")
-    s.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    s.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                   help="cap of the default corpus (default: %(default)s)")
 
     k = sub.add_parser("packing", help="truncated-document share and padding share of each packing")
-    k.add_argument("--seq-len", type=int, nargs="+", default=[128, 512])
-    k.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    k.add_argument("--split", default="train", choices=("train", "val"))
+    k.add_argument("--seq-len", type=int, nargs="+", default=[128, 512],
+                   help="window lengths to compare (default: %(default)s)")
+    k.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                   help="vocabulary size of the build (default: %(default)s)")
+    k.add_argument("--split", default="train", choices=("train", "val"), help="which split (default: %(default)s)")
 
     a = p.parse_args(argv)
     try:

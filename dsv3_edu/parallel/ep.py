@@ -398,12 +398,14 @@ def format_report(results: list[dict], cfg: ModelConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Run EPMoE on N processes and check it against the single-process MoE.")
-    p.add_argument("--world-size", type=int, default=2, help="processes to spawn (ignored under torchrun)")
-    p.add_argument("--preset", default="nano", help="config preset for the MoE layer's sizes")
-    p.add_argument("--batch", type=int, default=4, help="sequences per rank")
-    p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="python -m dsv3_edu.parallel.ep",
+                                description="Run EPMoE on N processes and check it against the single-process MoE.")
+    p.add_argument("--world-size", type=int, default=2,
+                   help="processes to spawn (ignored under torchrun) (default: %(default)s)")
+    p.add_argument("--preset", default="nano", help="config preset for the MoE layer's sizes (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per rank (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: %(default)s)")
     args = p.parse_args(argv)
     cfg = get_config(args.preset)
     job = (cfg.to_dict(), args.batch, args.seq_len, args.seed)

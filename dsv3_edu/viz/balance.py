@@ -32,12 +32,12 @@ def plot_sign_rule(runs: list[SignRuleRun], bias_of: SignRuleRun | None = None):
     return fig
 
 
-def sign_rule_explorer(steps: int = 300, n_tokens: int = 1024, seed: int = 0) -> None:
+def sign_rule_explorer(steps: int = 300, n_tokens: int = 1024, seed: int = 0):
     """Sliders for gamma (log scale) and the router's skew; the figure compares the chosen gamma with no
-    balancing (gamma = 0) and shows the chosen run's biases."""
+    balancing (gamma = 0) and shows the chosen run's biases. Returns an ``Explorer`` (last in a cell shows it)."""
     import ipywidgets as widgets
 
-    from .mla import interactive_figure
+    from .explore import interactive_figure
 
     style = dict(continuous_update=False, style={"description_width": "initial"})
     gamma = widgets.FloatLogSlider(value=1e-2, base=10, min=-4, max=-0.5, step=0.25, description="gamma",
@@ -49,7 +49,7 @@ def sign_rule_explorer(steps: int = 300, n_tokens: int = 1024, seed: int = 0) ->
         on = simulate_sign_rule(gamma.value, skew.value, steps, n_tokens, seed=seed)
         return plot_sign_rule([off, on], bias_of=on)
 
-    interactive_figure([gamma, skew], figure)
+    return interactive_figure([gamma, skew], figure)
 
 
 def plot_bias_spread(runs: dict[str, tuple[list[dict], float]], ax=None, colors: dict[str, str] | None = None):

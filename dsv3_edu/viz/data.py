@@ -48,8 +48,10 @@ def token_explorer(tok, text: str = "def fibonacci(n):\n    return n if n < 2 el
     import ipywidgets as widgets
     from IPython.display import HTML, display
 
+    from .explore import show_controls
+
     box = widgets.Textarea(value=text, description="text", layout=widgets.Layout(width="95%", height="80px"))
-    display(box)
+    show_controls(box, "Interactive: run this cell to type your own text (below: the saved example).")
     handle = display(HTML(tokens_html(tok, text)), display_id=True)
     box.observe(lambda change: handle.update(HTML(tokens_html(tok, change["new"]))), names="value")
 
@@ -82,7 +84,9 @@ def fim_explorer(text: str, i: int | None = None, j: int | None = None):
     j = 2 * n // 3 if j is None else j
     si = widgets.IntSlider(value=i, min=0, max=n, description="cut i")
     sj = widgets.IntSlider(value=j, min=0, max=n, description="cut j")
-    display(widgets.HBox([si, sj]))
+    from .explore import show_controls
+
+    show_controls(widgets.HBox([si, sj]))
     handle = display(HTML(fim_html(text, i, j)), display_id=True)
 
     def redraw(_=None):

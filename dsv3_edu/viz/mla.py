@@ -46,16 +46,24 @@ def plot_kv_cache_vs_context(cfg: ModelConfig, max_context: int = 128 * 1024, ki
     return fig
 
 
-def kv_cache_explorer(base: str | ModelConfig = "deepseek-v3") -> None:
+def gqa_group_options(n_heads: int) -> list[int]:
+    """Valid GQA group counts for n_heads query heads: the divisors of n_heads (1 = MQA, n_heads = MHA)."""
+    return [g for g in range(1, n_heads + 1) if n_heads % g == 0]
+
+
+def kv_cache_explorer(base: str | ModelConfig = "deepseek-v3"):
     """ipywidgets explorer: KV-cache size against context for MHA / GQA / MQA / MLA, with knobs for the shape.
 
-    Displays the sliders and the figure for the starting shape (a plain image, so it stays in a saved
-    notebook); moving a slider redraws the figure in place. Returns None.
+    The GQA group count only offers divisors of the head count (a group shares one K/V head, so groups
+    cannot outnumber heads). Returns an ``Explorer``: put the call last in a cell to show it.
     """
     import ipywidgets as widgets
 
+    from .explore import Explorer
+
     cfg = get_config(base) if isinstance(base, str) else base
     slider = dict(continuous_update=False, style={"description_width": "initial"})
+    label = {"description_width": "initial"}
     knobs = {
         "n_heads": widgets.IntSlider(value=cfg.n_heads, min=8, max=256, step=8, description="n_h (heads)", **slider),
         "qk_nope_head_dim": widgets.IntSlider(value=cfg.qk_nope_head_dim, min=32, max=256, step=32,
@@ -65,36 +73,28 @@ def kv_cache_explorer(base: str | ModelConfig = "deepseek-v3") -> None:
         "qk_rope_head_dim": widgets.IntSlider(value=cfg.qk_rope_head_dim, min=16, max=128, step=16,
                                               description="d_h^R", **slider),
         "n_layers": widgets.IntSlider(value=cfg.n_layers, min=1, max=128, step=1, description="layers", **slider),
-        "n_kv_groups": widgets.IntSlider(value=8, min=1, max=32, step=1, description="GQA groups", **slider),
-        "max_context_k": widgets.Dropdown(options=[4, 32, 128, 1024], value=128, description="context (K tokens)"),
+        "n_kv_groups": widgets.Dropdown(options=gqa_group_options(cfg.n_heads), value=8,
+                                        description="GQA groups (divide n_h)", style=label),
+        "max_context_k": widgets.Dropdown(options=[4, 32, 128, 1024], value=128, description="context (K tokens)",
+                                          style=label),
     }
 
-    def figure():
-        v = {k: w.value for k, w in knobs.items()}
+    def heads_changed(change):                     # keep the GQA choice valid: the largest divisor <= the old one
+        groups = knobs["n_kv_groups"]
+        old, options = groups.value, gqa_group_options(change["new"])
+        with explorer.quiet():                     # one redraw, by the heads slider's own observer
+            groups.options = options
+            groups.value = max(g for g in options if g <= old)
+
+    knobs["n_heads"].observe(heads_changed, names="value")   # registered first: runs before the redraw
+
+    def draw(v):
         shape = {k: v[k] for k in ("n_heads", "qk_nope_head_dim", "kv_lora_rank", "qk_rope_head_dim", "n_layers")}
         c = cfg.replace(**shape, n_dense_layers=min(cfg.n_dense_layers, v["n_layers"]))
-        return plot_kv_cache_vs_context(c, v["max_context_k"] * 1024, n_kv_groups=v["n_kv_groups"])
+        return plot_kv_cache_vs_context(c, v["max_context_k"] * 1024, n_kv_groups=v["n_kv_groups"]), ""
 
-    interactive_figure(list(knobs.values()), figure)
-
-
-def interactive_figure(controls: list, figure) -> None:
-    """Display controls and ``figure()``; redraw the figure in place whenever a control changes."""
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    display(widgets.VBox(controls))
-    fig = figure()
-    handle = display(fig, display_id=True)
-    plt.close(fig)
-
-    def redraw(_=None):
-        new = figure()
-        handle.update(new)
-        plt.close(new)
-
-    for w in controls:
-        w.observe(redraw, names="value")
+    explorer = Explorer(knobs, draw)
+    return explorer
 
 
 def plot_decode_benchmark(contexts: list[int], ms_per_token: dict[str, list[float]],

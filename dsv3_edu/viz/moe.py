@@ -62,37 +62,49 @@ def plot_routing(scores: torch.Tensor, bias: torch.Tensor | None = None, top_k: 
     return fig
 
 
-def routing_explorer(n_experts: int = 16, seed: int = 0) -> None:
+def routing_explorer(n_experts: int = 16, seed: int = 0):
     """ipywidgets explorer of one toy token's routing: top-k, groups, groups kept, route_scale, and a bias
-    added to one expert. Displays the sliders and the figure (redrawn in place); returns None."""
+    added to one expert. The sliders only offer valid settings: at most all groups kept, and top-k at most
+    the experts in the kept groups (their maxima follow the other controls). Returns an ``Explorer``."""
     import ipywidgets as widgets
 
-    from .mla import interactive_figure
+    from .explore import Explorer
 
     g = torch.Generator().manual_seed(seed)
     scores = torch.sigmoid(torch.randn(n_experts, generator=g))                 # (E,) one token's affinities
     divisors = [d for d in range(1, n_experts + 1) if n_experts % d == 0 and (d == 1 or n_experts // d >= 2)]
     slider = dict(continuous_update=False, style={"description_width": "initial"})
+    G0 = 4 if 4 in divisors else 1
     knobs = {
-        "top_k": widgets.IntSlider(value=4, min=1, max=8, step=1, description="top-k", **slider),
-        "n_groups": widgets.Dropdown(options=divisors, value=4 if 4 in divisors else 1, description="groups"),
-        "topk_groups": widgets.IntSlider(value=2, min=1, max=n_experts, step=1, description="groups kept", **slider),
+        "n_groups": widgets.Dropdown(options=divisors, value=G0, description="groups",
+                                     style={"description_width": "initial"}),
+        "topk_groups": widgets.IntSlider(value=min(2, G0), min=1, max=G0, step=1, description="groups kept",
+                                         **slider),
+        "top_k": widgets.IntSlider(value=4, min=1, max=min(8, min(2, G0) * (n_experts // G0)), step=1,
+                                   description="top-k", **slider),
         "route_scale": widgets.FloatSlider(value=2.5, min=0.5, max=4.0, step=0.5, description="route_scale", **slider),
         "biased_expert": widgets.IntSlider(value=0, min=0, max=n_experts - 1, step=1, description="bias on expert",
                                            **slider),
         "bias_value": widgets.FloatSlider(value=0.0, min=-0.5, max=0.5, step=0.05, description="bias b", **slider),
     }
 
-    def figure():
-        v = {k: w.value for k, w in knobs.items()}
-        G = v["n_groups"]
-        kept = min(v["topk_groups"], G)                        # clamp invalid settings instead of failing
-        top_k = min(v["top_k"], kept * (n_experts // G))
+    def limits(_=None):                            # registered before the redraw, so it draws valid values
+        G = knobs["n_groups"].value
+        with explorer.quiet():                     # one redraw, by the changed control's own observer
+            knobs["topk_groups"].max = G           # a lower max clips the value too
+            knobs["top_k"].max = min(8, knobs["topk_groups"].value * (n_experts // G))
+
+    knobs["n_groups"].observe(limits, names="value")
+    knobs["topk_groups"].observe(limits, names="value")
+
+    def draw(v):
         bias = torch.zeros(n_experts)
         bias[v["biased_expert"]] = v["bias_value"]
-        return plot_routing(scores, bias, top_k, G, kept, v["route_scale"])
+        fig = plot_routing(scores, bias, v["top_k"], v["n_groups"], v["topk_groups"], v["route_scale"])
+        return fig, ""
 
-    interactive_figure(list(knobs.values()), figure)
+    explorer = Explorer(knobs, draw)
+    return explorer
 
 
 # ----------------------------------------------------------------------------------------- routing on text

@@ -86,11 +86,11 @@ def plot_mtp_alignment(tokens: list[str], depth: int, position: int, ax=None):
     return fig
 
 
-def mtp_alignment_explorer(tokens: list[str], max_depth: int = 3) -> None:
-    """Sliders for the depth D and the position i; redraws ``plot_mtp_alignment``."""
+def mtp_alignment_explorer(tokens: list[str], max_depth: int = 3):
+    """Sliders for the depth D and the position i; redraws ``plot_mtp_alignment``. Returns an ``Explorer``."""
     import ipywidgets as widgets
 
-    from .mla import interactive_figure
+    from .explore import interactive_figure
 
     style = dict(continuous_update=False, style={"description_width": "initial"})
     T = len(tokens) - 1
@@ -100,4 +100,4 @@ def mtp_alignment_explorer(tokens: list[str], max_depth: int = 3) -> None:
     def figure():
         return plot_mtp_alignment(tokens, depth.value, position.value)
 
-    interactive_figure([depth, position], figure)
+    return interactive_figure([depth, position], figure)

@@ -75,10 +75,11 @@ def ep_explorer(scores: torch.Tensor, cfg: ModelConfig, world_sizes=(4, 8, 16, 3
     Routes with ``route`` (cfg's top-K and groups, M from the slider), then shows the ranks per token with and
     without the group limit, the dispatch bytes per token (``dispatch_stats``; ``bytes_per_elem=1``: the
     report's FP8 dispatch), and the per-rank load before and after ``plan_redundant_experts``.
-    Returns the widget to display; its first render happens at once (headless runs get the plot too).
+    Returns an ``Explorer`` (put the call last in a cell to show it); its first view is drawn at once.
     """
     import ipywidgets as widgets  # lazy: only notebooks need it
-    from IPython.display import display
+
+    from .explore import Explorer
 
     E, K, G = cfg.n_routed_experts, cfg.n_activated_experts, cfg.n_expert_groups
     if scores.dim() != 2 or scores.size(1) != E:
@@ -87,37 +88,32 @@ def ep_explorer(scores: torch.Tensor, cfg: ModelConfig, world_sizes=(4, 8, 16, 3
     if not sizes:
         raise ValueError(f"no world size in {world_sizes} divides the {E} experts")
     min_groups = -(-K // cfg.experts_per_group)                      # M must leave room for K experts
+    style = {"description_width": "initial"}
     w = {
-        "W": widgets.Dropdown(options=sizes, value=sizes[len(sizes) // 2], description="ranks W"),
-        "M": widgets.IntSlider(value=cfg.n_limited_groups, min=min_groups, max=G, description="groups M"),
-        "R": widgets.IntSlider(value=1, min=0, max=3, description="redundant/rank"),
+        "W": widgets.Dropdown(options=sizes, value=sizes[len(sizes) // 2], description="ranks W", style=style),
+        "M": widgets.IntSlider(value=cfg.n_limited_groups, min=min_groups, max=G, description="groups M",
+                               style=style),
+        "R": widgets.IntSlider(value=1, min=0, max=3, description="redundant/rank", style=style),
     }
-    out = widgets.Output()
     unlimited = route(scores, None, K, 1, 1, cfg.route_scale)[1]     # plain top-K, no group limit
 
-    def redraw(_=None):
-        W, M, R = w["W"].value, w["M"].value, w["R"].value
+    def draw(v):
+        W, M, R = v["W"], v["M"], v["R"]
         _, limited = route(scores, None, K, G, M, cfg.route_scale)
         st = {f"M = {M} groups": dispatch_stats(limited, E, W, E // W, cfg.dim, bytes_per_elem),
               "no group limit": dispatch_stats(unlimited, E, W, E // W, cfg.dim, bytes_per_elem)}
         load = expert_load(limited, E)
         before = rank_load(load, W)
         plan = plan_redundant_experts(load, W, R * W)
-        out.clear_output(wait=True)
-        with out:
-            fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-            plot_ranks_per_token(st, max_ranks_per_token(K, G, M, W), ax=axes[0], title=f"W = {W} ranks")
-            plot_rank_load({"one copy per expert": before, f"+{R * W} redundant": plan.rank_load}, ax=axes[1],
-                           title="per-rank load")
-            fig.tight_layout()
-            display(fig)
-            plt.close(fig)
-            a, b = st.values()
-            print(f"dispatch bytes/token ({bytes_per_elem}-byte elements, dim {cfg.dim}): {a.bytes_per_token:,.0f} "
-                  f"with M = {M}, {b.bytes_per_token:,.0f} without the limit, {a.bytes_per_token_no_dedup:,.0f} "
-                  f"with one copy per expert")
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+        plot_ranks_per_token(st, max_ranks_per_token(K, G, M, W), ax=axes[0], title=f"W = {W} ranks")
+        plot_rank_load({"one copy per expert": before, f"+{R * W} redundant": plan.rank_load}, ax=axes[1],
+                       title="per-rank load")
+        fig.tight_layout()
+        a, b = st.values()
+        text = (f"dispatch bytes/token ({bytes_per_elem}-byte elements, dim {cfg.dim}): {a.bytes_per_token:,.0f} "
+                f"with M = {M}, {b.bytes_per_token:,.0f} without the limit, {a.bytes_per_token_no_dedup:,.0f} "
+                f"with one copy per expert")
+        return fig, text
 
-    for c in w.values():
-        c.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox(list(w.values())), out])
+    return Explorer(w, draw, layout=widgets.HBox(list(w.values())))

@@ -100,44 +100,39 @@ def schedule_explorer():
     """ipywidgets explorer: pick a method, PP, micro-batches and the F/B/W/F&B/comm times.
 
     Redraws the timeline and prints the measured bubble (and Table 2's formula), activation memory
-    and parameter copies. Returns the widget to display.
+    and parameter copies; settings a method cannot run (DualPipe with an odd PP...) print why instead.
+    Returns an ``Explorer`` (``dsv3_edu.viz.explore``): put the call last in a cell to show it.
     """
     import ipywidgets as widgets  # lazy: only notebooks need it
-    from IPython.display import display
 
+    from .explore import Explorer
+
+    full = {"style": {"description_width": "initial"}}          # labels in full ("micro-batches", not "micro-bat...")
     w = {
-        "method": widgets.Dropdown(options=list(METHODS), value="dualpipe", description="method"),
-        "pp": widgets.IntSlider(value=8, min=1, max=16, description="PP"),
-        "n_micro": widgets.IntSlider(value=20, min=1, max=64, description="micro-batches"),
-        "F": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="F"),
-        "B": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="B (input)"),
-        "W": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="W"),
-        "FB": widgets.FloatSlider(value=2.5, min=0.0, max=8.0, step=0.25, description="F&B"),
-        "comm": widgets.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.25, description="comm"),
+        "method": widgets.Dropdown(options=list(METHODS), value="dualpipe", description="method", **full),
+        "pp": widgets.IntSlider(value=8, min=1, max=16, description="PP (ranks)", **full),
+        "n_micro": widgets.IntSlider(value=20, min=1, max=64, description="micro-batches", **full),
+        "F": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="F", **full),
+        "B": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="B (input)", **full),
+        "W": widgets.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25, description="W", **full),
+        "FB": widgets.FloatSlider(value=2.5, min=0.0, max=8.0, step=0.25, description="F&B", **full),
+        "comm": widgets.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.25, description="comm", **full),
     }
-    out = widgets.Output()
 
-    def redraw(_=None):
-        v = {k: c.value for k, c in w.items()}
-        out.clear_output(wait=True)
-        with out:
-            try:
-                sched = make_schedule(v["method"], v["pp"], v["n_micro"])
-            except ValueError as e:
-                print(f"invalid: {e}")
-                return
-            times = Times(F=v["F"], B=v["B"], W=v["W"], FB=v["FB"], comm=v["comm"])
-            res = simulate(sched, times)
-            fig = plot_timeline(sched, result=res, title=f"{v['method']}: PP={v['pp']}, {v['n_micro']} micro-batches")
-            display(fig)
-            plt.close(fig)
-            print(f"total time {res.total_time:g}; bubble per rank: max {res.max_bubble:g}, min {min(res.bubble):g}; "
-                  f"Table 2 formula {table2_bubble(v['method'], v['pp'], times):g} (comm = 0, see docs/pipeline.md)")
-            print(f"peak activations (micro-batch x chunk): {max(res.peak_activations)}; "
-                  f"parameter copies per rank: {max(res.param_copies):g}x")
+    def draw(v):
+        try:
+            sched = make_schedule(v["method"], v["pp"], v["n_micro"])
+        except ValueError as e:
+            return None, f"invalid: {e}"
+        times = Times(F=v["F"], B=v["B"], W=v["W"], FB=v["FB"], comm=v["comm"])
+        res = simulate(sched, times)
+        fig = plot_timeline(sched, result=res, title=f"{v['method']}: PP={v['pp']}, {v['n_micro']} micro-batches")
+        text = (f"total time {res.total_time:g}; bubble per rank: max {res.max_bubble:g}, min {min(res.bubble):g}; "
+                f"Table 2 formula {table2_bubble(v['method'], v['pp'], times):g} (comm = 0, see docs/pipeline.md)\n"
+                f"peak activations (micro-batch x chunk): {max(res.peak_activations)}; "
+                f"parameter copies per rank: {max(res.param_copies):g}x")
+        return fig, text
 
-    for c in w.values():
-        c.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([w["method"], w["pp"], w["n_micro"]]),
-                         widgets.HBox([w["F"], w["B"], w["W"]]), widgets.HBox([w["FB"], w["comm"]]), out])
+    layout = widgets.VBox([widgets.HBox([w["method"], w["pp"], w["n_micro"]]),
+                           widgets.HBox([w["F"], w["B"], w["W"]]), widgets.HBox([w["FB"], w["comm"]])])
+    return Explorer(w, draw, layout=layout)
