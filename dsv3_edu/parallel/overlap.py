@@ -101,6 +101,7 @@ class OverlapResult:
     slowdown: float           # total_sms / (total_sms - comm_sms)
     forward_serial: float = 0.0    # F: the forward chunk alone, serial
     backward_serial: float = 0.0   # B_full: the backward chunk alone, serial
+    weight_serial: float = 0.0     # W: its backward-for-weights components, all SMs computing
 
     @property
     def hidden_comm(self) -> float:
@@ -111,6 +112,12 @@ class OverlapResult:
     def saved(self) -> float:
         """Serial minus overlapped: what the overlap buys (negative if the SM split costs more than it hides)."""
         return self.serial_time - self.fb_time
+
+    def pipeline_times(self):
+        """The cell in the pipeline simulator's terms: Times(F, B = input-grad part, W, FB = this cell's F&B)."""
+        from .pipeline.simulator import Times
+        return Times(F=self.forward_serial, B=self.backward_serial - self.weight_serial, W=self.weight_serial,
+                     FB=self.fb_time)
 
     def summary(self) -> str:
         return (f"F&B {self.fb_time:.3g} vs serial F + B_full {self.serial_time:.3g} "
@@ -177,7 +184,8 @@ def fb_overlap(times: ChunkTimes | None = None, comm_sms: int = REPORT_COMM_SMS,
         spans=spans, fb_time=fb_time, serial_time=sum(base.values()),
         compute_time=sum(e - s for s, e in comp), comm_time=comm_time, exposed_comm=max(0.0, exposed),
         slowdown=slowdown, forward_serial=sum(base[c] for c in fwd),
-        backward_serial=sum(t for c, t in base.items() if c not in fwd))
+        backward_serial=sum(t for c, t in base.items() if c not in fwd),
+        weight_serial=sum(t for c, t in base.items() if c.endswith("(W)")))
 
 
 def fb_sweep(ratios, times: ChunkTimes | None = None, comm_sms: int = REPORT_COMM_SMS,
