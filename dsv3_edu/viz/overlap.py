@@ -27,12 +27,13 @@ def _color(component: str) -> tuple:
     return rgb
 
 
-def _box(ax, x0, x1, y, h, name, hatch=None):
+def _box(ax, x0, x1, y, h, name, hatch=None, min_label=0.0):
     if x1 <= x0:
         return
     ax.add_patch(Rectangle((x0, y), x1 - x0, h, facecolor=_color(name), edgecolor="black", linewidth=0.6,
                            hatch=hatch))
-    ax.text((x0 + x1) / 2, y + h / 2, name, ha="center", va="center", fontsize=7)
+    if x1 - x0 >= min_label:                              # a label only where it fits
+        ax.text((x0 + x1) / 2, y + h / 2, name, ha="center", va="center", fontsize=7)
 
 
 def plot_fb_overlap(result: OverlapResult | None = None, times: ChunkTimes | None = None, ax=None,
@@ -40,6 +41,7 @@ def plot_fb_overlap(result: OverlapResult | None = None, times: ChunkTimes | Non
     """Serial F then B (top row) and the overlapped F&B cell on two lanes (below). Returns the Figure."""
     result = result or fb_overlap(times)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(11, 3.2))
+    min_label = 0.055 * max(result.serial_time, result.fb_time)
     # serial reference: the forward chunk's components then the backward chunk's, all SMs computing
     order = ["ATTN(F)", "DISPATCH(F)", "MLP(F)", "COMBINE(F)", "PP(F)",
              "COMBINE(B)", "MLP(B)", "MLP(W)", "DISPATCH(B)", "ATTN(B)", "ATTN(W)", "PP(B)"]
@@ -47,7 +49,7 @@ def plot_fb_overlap(result: OverlapResult | None = None, times: ChunkTimes | Non
     for c in order:
         lane, s, e = result.spans[c]
         d = (e - s) / result.slowdown if lane == COMPUTE else e - s      # undo the SM split: all SMs compute
-        _box(ax, t, t + d, 2.2, 0.7, c)
+        _box(ax, t, t + d, 2.2, 0.7, c, min_label=min_label)
         t += d
     comp = sorted((s, e) for ln, s, e in result.spans.values() if ln == COMPUTE)
     for c, (lane, s, e) in result.spans.items():
@@ -56,7 +58,7 @@ def plot_fb_overlap(result: OverlapResult | None = None, times: ChunkTimes | Non
         if lane == COMM:                                   # exposed if no computation runs under it
             covered = sum(max(0.0, min(e, b) - max(s, a)) for a, b in comp)
             hatch = "///" if covered < (e - s) - 1e-9 else None
-        _box(ax, s, e, y, 0.7, c, hatch)
+        _box(ax, s, e, y, 0.7, c, hatch, min_label)
     ax.axvline(result.fb_time, color="red", linewidth=1.2)
     ax.axvline(result.serial_time, color="gray", linewidth=1.0, linestyle="--")
     ax.set_yticks([0.35, 1.35, 2.55])
