@@ -1,8 +1,8 @@
-"""dsv3_edu: DeepSeek-V3 built from scratch, for learning. See README.md."""
-from .config import PRESETS, ModelConfig, get_config
-from .runtime import prefer_triton_interpreter
+"""dsv3_edu: DeepSeek-V3 built from scratch, for learning. See README.md.
 
-prefer_triton_interpreter()  # before anything imports triton
+Importing the package is cheap and changes nothing in the process: it loads the configuration only (no torch).
+"""
+from .config import PRESETS, ModelConfig, get_config
 
 __all__ = ["ModelConfig", "PRESETS", "get_config"]
 __version__ = "0.1.0"

@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 
 def _train(args) -> int:
@@ -23,14 +22,26 @@ def _train(args) -> int:
     print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
     if res.out_dir:
-        print(f"checkpoint, metrics.jsonl, loss.png, expert_load.png in {res.out_dir}")
+        pictures = _save_training_plots(res) if tc.plots else []
+        print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
         _print_samples(res.model, args.samples)
     return 0
 
 
+def _save_training_plots(res) -> list[str]:
+    """loss.png and expert_load.png in the run folder (the library draws, the command line writes files)."""
+    from .viz.training import plot_expert_load, plot_loss_curves
+    plot_loss_curves(res.history).savefig(res.out_dir / "loss.png", dpi=110, bbox_inches="tight")
+    if not res.expert_loads:
+        return ["loss.png"]
+    plot_expert_load(res.expert_loads).savefig(res.out_dir / "expert_load.png", dpi=110, bbox_inches="tight")
+    return ["loss.png", "expert_load.png"]
+
+
 def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
     import torch
+
     from .data import load_tokenizer
     from .generate import generate
     tok = load_tokenizer()
@@ -43,6 +54,7 @@ def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None
 
 def _generate(args) -> int:
     import torch
+
     from .data import load_tokenizer
     from .generate import compare_speculative, fim_prompt, generate
     from .train import load_model

@@ -9,6 +9,7 @@ product over the whole batch, with a much larger alpha) is kept for the ablation
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -56,25 +57,39 @@ def batch_aux_loss(scores: torch.Tensor, indices: torch.Tensor, top_k: int, alph
     return alpha * (f * P).sum()
 
 
-def moe_gates(model: nn.Module) -> list[nn.Module]:
-    """Every routing gate in the model, in layer order (MTP modules last)."""
-    from .model.moe import Gate
-    return [m for m in model.modules() if isinstance(m, Gate)]
+@torch.no_grad()
+def update_biases(model: nn.Module, loads: list[torch.Tensor], gamma: float) -> None:
+    """The aux-loss-free update after an optimizer step: the sign rule on every gate of ``model`` (a
+    ``Transformer``: ``model.gates()``) from ``loads``, one (E,) tensor per gate in that order, the tokens each
+    expert received during the step (``ModelOutput.loads`` summed over the step's micro-batches, and over
+    ranks with data or expert parallelism: ``reduce_loads``). A function of the loads it is given: no counts
+    are kept on the model, so extra forward passes never change the update. No host synchronisation."""
+    gates = model.gates()
+    if len(loads) != len(gates):
+        raise ValueError(f"update_biases: {len(loads)} load vectors for {len(gates)} gates; pass the summed "
+                         "ModelOutput.loads of training forwards (the MTP modules run in training)")
+    if gamma > 0:
+        for gate, load in zip(gates, loads):
+            bias_update(gate.bias, load, gamma)   # a gate that saw no token: sign(0) = 0, no change
+
+
+def reduce_loads(loads: list[torch.Tensor], group=None) -> list[torch.Tensor]:
+    """Sum each (E,) load over the ranks of ``group`` (all-reduce), so that every rank applies the same bias
+    update to its replicated gates; the loads unchanged when torch.distributed is not initialized."""
+    if not (dist.is_available() and dist.is_initialized()) or not loads:
+        return loads
+    flat = torch.stack(loads)                          # one collective for all gates
+    dist.all_reduce(flat, group=group)
+    return list(flat.unbind(0))
 
 
 @torch.no_grad()
-def update_biases(model: nn.Module, gamma: float) -> dict:
-    """After an optimizer step: apply the sign rule to every gate from the loads it counted since the last
-    call, then reset the counts. Returns per-gate ``maxvio`` and ``loads`` (lists, layer order) and the
-    bias range, for logging."""
-    gates = moe_gates(model)
-    vios, loads = [], []
-    for g in gates:
-        load = g.load_acc.clone()
-        loads.append(load)
-        vios.append(max_violation(load).item() if load.sum() > 0 else 0.0)
-        if gamma > 0 and load.sum() > 0:
-            bias_update(g.bias, load, gamma)
-        g.load_acc.zero_()
-    biases = torch.cat([g.bias for g in gates]) if gates else torch.zeros(1)
-    return {"maxvio": vios, "loads": loads, "bias_min": biases.min().item(), "bias_max": biases.max().item()}
+def balance_stats(model: nn.Module, loads: list[torch.Tensor]) -> dict:
+    """For logging: per-gate MaxVio of ``loads`` and the range of all selection biases, as Python numbers
+    (one host synchronisation)."""
+    biases = [g.bias for g in model.gates()]
+    if not biases:
+        return {"maxvio": [], "bias_min": 0.0, "bias_max": 0.0}
+    allb = torch.cat(biases)
+    vals = torch.stack([max_violation(load) for load in loads] + [allb.min(), allb.max()]).tolist()
+    return {"maxvio": vals[:-2], "bias_min": vals[-2], "bias_max": vals[-1]}

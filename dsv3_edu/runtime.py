@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
 from pathlib import Path
 
 import torch
@@ -108,10 +107,3 @@ def seed_everything(seed: int) -> torch.Generator:
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
-
-def prefer_triton_interpreter() -> None:
-    """On a machine without a CUDA GPU, set ``TRITON_INTERPRET=1`` so the FP8 Triton kernels run on the CPU
-    interpreter. It only works before triton is imported (transformers imports it), hence this runs when
-    ``dsv3_edu`` is imported. An explicit setting is left alone."""
-    if "TRITON_INTERPRET" not in os.environ and "triton" not in sys.modules and not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"

@@ -1,5 +1,5 @@
 """The trainer: AdamW, warmup + cosine, gradient clipping, the aux-loss-free bias update every step, MTP,
-safetensors checkpoints with exact resume, JSONL metrics and plots.
+safetensors checkpoints with exact resume and JSONL metrics (the command line draws the plots).
 
     python -m dsv3_edu train --preset tiny --steps 300        # the default run, minutes on a laptop CPU
     python -m dsv3_edu train --resume runs/tiny               # continue the same run exactly
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .balance import update_biases
+from .balance import balance_stats, reduce_loads, update_biases
 from .config import ModelConfig, get_config
 from .model import Transformer
 from .runtime import autocast, get_device, seed_everything
@@ -52,7 +52,7 @@ class TrainConfig:
     out_dir: str | None = "runs/tiny"     # None: no files (notebooks' quick experiments)
     data_source: str | None = None        # None: the default Python-stdlib corpus; else a file or folder
     data_max_bytes: int | None = None     # cap for the default corpus (None: the data package default)
-    plots: bool = True
+    plots: bool = True                    # the command line writes loss.png and expert_load.png to out_dir
 
     def validate(self) -> None:
         for f in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every"):
@@ -67,9 +67,12 @@ class TrainConfig:
         return get_config(self.preset, **self.model_overrides)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown fields {unknown}; known fields are {sorted(known)}")
+        return cls(**d)
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,7 +86,7 @@ class TrainResult:
     final_val_loss: float
     tokens_per_s: float
     out_dir: Path | None
-    expert_loads: list[torch.Tensor]      # tokens per expert per MoE gate over the last log interval
+    expert_loads: list[torch.Tensor]      # tokens per expert per MoE gate in the last step (model.gates() order)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -112,8 +115,9 @@ def load_data(tc: TrainConfig, vocab_size: int):
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> float:
-    """Mean next-token loss over the first ``eval_batches`` validation batches (always the same ones)."""
+def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> dict:
+    """Validation metrics over the first ``eval_batches`` validation batches (always the same ones), as a dict
+    of Python numbers that goes into the metrics row: ``val_loss`` = mean next-token (main) loss."""
     was_training = model.training
     model.eval()
     batches = dataset.sequential("val", tc.batch_size, tc.seq_len, device=device)
@@ -122,9 +126,10 @@ def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> float:
     for _ in range(n):
         x, y = next(batches)
         with autocast(device, tc.bf16):
-            losses.append(model(x, y).main_loss.item())
+            losses.append(model(x, y).main_loss.float())
     model.train(was_training)
-    return sum(losses) / len(losses)
+    losses = torch.stack(losses).tolist()                  # one host sync
+    return {"val_loss": sum(losses) / len(losses)}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -175,15 +180,9 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
     ``stop_after`` ends the run early at that step, as an interruption would (the schedule still runs to
     ``tc.steps``), after saving a checkpoint; resume with ``resume=out_dir``.
     """
-    resume_dir = None
-    if resume is not None:
-        resume_dir = Path(resume) / CKPT if (Path(resume) / CKPT).is_dir() else Path(resume)
-        if not (resume_dir / "train_state.pt").is_file():
-            raise FileNotFoundError(f"cannot resume: no train_state.pt under {resume}")
-        saved = TrainConfig.from_dict(json.loads((resume_dir / "train_config.json").read_text()))
-        saved.steps, saved.out_dir = tc.steps, tc.out_dir   # a resumed run may be extended or moved
-        tc = saved
-        model_cfg = ModelConfig.load(resume_dir / "config.json")
+    resume_dir = _resume_dir(resume)
+    if resume_dir is not None:
+        tc, model_cfg = _restore_configs(resume_dir, tc)
     tc.validate()
     cfg = model_cfg or tc.model_config()
     if tc.seq_len > cfg.max_seq_len:
@@ -197,86 +196,162 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
     batches = dataset.random("train", tc.batch_size, tc.seq_len, seed=tc.seed, device=device)
     step, history = 0, []
     if resume_dir is not None:
-        model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device=str(device)))
-        st = torch.load(resume_dir / "train_state.pt", weights_only=False)
-        opt.load_state_dict(st["optimizer"])
-        batches.load_state_dict(st["data"])
-        torch.set_rng_state(st["torch_rng"])
-        step, history = st["step"], st["history"]
+        step, history = restore_checkpoint(resume_dir, model, opt, batches, device)
     out_dir = Path(tc.out_dir) if tc.out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    log_f = open(out_dir / "metrics.jsonl", "a") if out_dir else None
     gamma = cfg.bias_update_speed if cfg.balance == "aux_free" else 0.0
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
 
     last = tc.steps if stop_after is None else min(stop_after, tc.steps)
     bar = _progress(range(step, last), progress, initial=step, total=tc.steps)
+    log = MetricsLog(out_dir, tc, tokens_per_step)
     model.train()
-    t_start, tokens_seen, loads = time.perf_counter(), 0, []
-    acc = {"loss": 0.0, "main": 0.0, "mtp": 0.0, "bal": 0.0, "n": 0}
-    t_log = time.perf_counter()
+    t_start, loads = time.perf_counter(), []
     try:
         for step in bar:
             lr = lr_at(step, tc)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            for _ in range(tc.grad_accum):
-                x, y = next(batches)
-                with autocast(device, tc.bf16):
-                    out = model(x, y)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDiverged(_diverged_msg(step, out.loss.item(), out_dir, tc))
-                (out.loss / tc.grad_accum).backward()
-                acc["loss"] += out.loss.item() / tc.grad_accum
-                acc["main"] += out.main_loss.item() / tc.grad_accum
-                acc["mtp"] += (out.mtp_loss.item() if out.mtp_loss is not None else 0.0) / tc.grad_accum
-                acc["bal"] += (out.balance_loss.item() if out.balance_loss is not None else 0.0) / tc.grad_accum
-            acc["n"] += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            if not torch.isfinite(grad_norm):
-                raise TrainingDiverged(_diverged_msg(step, float("nan"), out_dir, tc, what="gradient norm"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            bal = update_biases(model, gamma)          # the aux-loss-free sign rule, outside autograd
-            loads = bal["loads"]
-            tokens_seen += tokens_per_step
+            stats = train_step(model, opt, batches, tc, lr, device)
+            loads = reduce_loads(stats.loads)  # data/expert parallelism: the one place loads are summed over ranks
+            update_biases(model, loads, gamma)  # the aux-loss-free sign rule, outside autograd
+            log.add(step, lr, stats)
             done = step + 1
             if done % tc.log_every == 0 or done == tc.steps:
-                now = time.perf_counter()
-                tps = tokens_per_step * acc["n"] / (now - t_log)
-                row = {"step": done, "lr": lr, "loss": acc["loss"] / acc["n"], "main_loss": acc["main"] / acc["n"],
-                       "mtp_loss": acc["mtp"] / acc["n"], "balance_loss": acc["bal"] / acc["n"],
-                       "grad_norm": grad_norm.item(), "maxvio": bal["maxvio"], "bias_min": bal["bias_min"],
-                       "bias_max": bal["bias_max"], "tokens_per_s": tps, "tokens": done * tokens_per_step}
+                row = log.row(done, balance_stats(model, loads))    # host syncs happen only here, per interval
                 if done % tc.eval_every == 0 or done == tc.steps:
-                    row["val_loss"] = evaluate(model, dataset, tc, device)
-                history.append(row)
-                if log_f:
-                    log_f.write(json.dumps(row) + "\n")
-                    log_f.flush()
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{row['main_loss']:.3f}", tok_s=f"{tps:,.0f}",
-                                    **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
-                acc = {k: 0.0 if k != "n" else 0 for k in acc}
-                t_log = time.perf_counter()
+                    row.update(evaluate(model, dataset, tc, device))
+                log.write(row, history, bar)
             if out_dir and (done % tc.save_every == 0 or done == last):
+                log.check_finite()                                      # never save a diverged model
                 save_checkpoint(out_dir / CKPT, model, opt, done, tc, batches, history)
+        log.check_finite()
     finally:
-        if log_f:
-            log_f.close()
+        log.close()
     elapsed = time.perf_counter() - t_start
     val_rows = [r["val_loss"] for r in history if "val_loss" in r]
-    final_val = val_rows[-1] if val_rows else evaluate(model, dataset, tc, device)
-    result = TrainResult(model=model.eval(), history=history, final_val_loss=final_val,
-                         tokens_per_s=tokens_seen / elapsed if elapsed > 0 else 0.0, out_dir=out_dir,
-                         expert_loads=loads)
-    if out_dir and tc.plots:
-        from .viz.training import plot_expert_load, plot_loss_curves
-        plot_loss_curves(history).savefig(out_dir / "loss.png", dpi=110, bbox_inches="tight")
-        if loads:
-            plot_expert_load(loads).savefig(out_dir / "expert_load.png", dpi=110, bbox_inches="tight")
-    return result
+    final_val = val_rows[-1] if val_rows else evaluate(model, dataset, tc, device)["val_loss"]
+    return TrainResult(model=model.eval(), history=history, final_val_loss=final_val,
+                       tokens_per_s=log.tokens_seen / elapsed if elapsed > 0 else 0.0, out_dir=out_dir,
+                       expert_loads=loads)
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step measured, left on the device (reading it would be a host sync)."""
+    losses: torch.Tensor          # (grad_accum, 4): loss, main_loss, mtp_loss, balance_loss per micro-batch
+    grad_norm: torch.Tensor       # () before clipping
+    loads: list[torch.Tensor]     # (E,) tokens per expert per gate (model.gates() order), summed over micro-batches
+
+
+def train_step(model: Transformer, opt, batches, tc: TrainConfig, lr: float, device) -> StepStats:
+    """One optimizer step: ``grad_accum`` micro-batches forward and backward, clip, AdamW. No host sync."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    losses, loads = [], None
+    for _ in range(tc.grad_accum):
+        x, y = next(batches)
+        with autocast(device, tc.bf16):
+            out = model(x, y)
+        (out.loss / tc.grad_accum).backward()
+        zero = torch.zeros((), device=out.loss.device)
+        losses.append(torch.stack([out.loss.detach().float(), out.main_loss.detach().float(),
+                                   (out.mtp_loss if out.mtp_loss is not None else zero).detach().float(),
+                                   (out.balance_loss if out.balance_loss is not None else zero).detach().float()]))
+        loads = out.loads if loads is None else [a + b for a, b in zip(loads, out.loads)]
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return StepStats(torch.stack(losses), grad_norm, loads)
+
+
+class MetricsLog:
+    """Collects the steps' device-side stats and turns them into one metrics row per log interval: the only
+    host sync of the loop (as in nanoGPT). Rows go to ``history``, to ``metrics.jsonl`` and to the bar.
+    Divergence (a non-finite loss or gradient norm) is detected here, at the step where it happened."""
+
+    def __init__(self, out_dir: Path | None, tc: TrainConfig, tokens_per_step: int):
+        self.tc, self.out_dir, self.tokens_per_step = tc, out_dir, tokens_per_step
+        self.file = open(out_dir / "metrics.jsonl", "a") if out_dir else None
+        self.pending: list[tuple[int, float, StepStats]] = []     # (step, lr, stats) since the last row
+        self.tokens_seen, self.t_last = 0, time.perf_counter()
+
+    def add(self, step: int, lr: float, stats: StepStats) -> None:
+        self.pending.append((step, lr, stats))
+        self.tokens_seen += self.tokens_per_step
+
+    def check_finite(self) -> list[list[float]]:
+        """The pending steps' losses and gradient norms as Python numbers; TrainingDiverged at the first
+        non-finite one."""
+        vals = torch.cat([torch.cat([s.losses.flatten(), s.grad_norm.reshape(1).float()])
+                          for _, _, s in self.pending]).tolist() if self.pending else []
+        per = 4 * self.tc.grad_accum + 1
+        rows = [vals[i * per:(i + 1) * per] for i in range(len(self.pending))]
+        for (step, _, _), r in zip(self.pending, rows):
+            for j in range(0, per - 1, 4):
+                if not math.isfinite(r[j]):
+                    raise TrainingDiverged(_diverged_msg(step, r[j], self.out_dir, self.tc))
+            if not math.isfinite(r[-1]):
+                raise TrainingDiverged(_diverged_msg(step, float("nan"), self.out_dir, self.tc,
+                                                     what="gradient norm"))
+        return rows
+
+    def row(self, done: int, balance: dict) -> dict:
+        """The metrics row for the steps since the last one (means over steps; the last step's grad norm,
+        MaxVio and bias range)."""
+        rows = self.check_finite()
+        now = time.perf_counter()
+        ga, n = self.tc.grad_accum, len(rows)
+        acc = [0.0, 0.0, 0.0, 0.0]        # summed in this order, in float64, as the mean of each step's mean
+        for r in rows:
+            for k in range(ga):
+                for j in range(4):
+                    acc[j] += r[4 * k + j] / ga
+        row = {"step": done, "lr": self.pending[-1][1], "loss": acc[0] / n, "main_loss": acc[1] / n,
+               "mtp_loss": acc[2] / n, "balance_loss": acc[3] / n, "grad_norm": rows[-1][-1],
+               "maxvio": balance["maxvio"], "bias_min": balance["bias_min"], "bias_max": balance["bias_max"],
+               "tokens_per_s": self.tokens_per_step * n / (now - self.t_last), "tokens": done * self.tokens_per_step}
+        self.pending = []
+        return row
+
+    def write(self, row: dict, history: list[dict], bar) -> None:
+        history.append(row)
+        if self.file:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{row['main_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}",
+                            **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
+        self.t_last = time.perf_counter()        # evaluation and writing are not training throughput
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def _resume_dir(resume: str | Path | None) -> Path | None:
+    if resume is None:
+        return None
+    path = Path(resume) / CKPT if (Path(resume) / CKPT).is_dir() else Path(resume)
+    if not (path / "train_state.pt").is_file():
+        raise FileNotFoundError(f"cannot resume: no train_state.pt under {resume}")
+    return path
+
+
+def _restore_configs(resume_dir: Path, tc: TrainConfig) -> tuple[TrainConfig, ModelConfig]:
+    """The saved run's configs; only ``steps`` and ``out_dir`` come from ``tc`` (a run may be extended or moved)."""
+    saved = TrainConfig.from_dict(json.loads((resume_dir / "train_config.json").read_text()))
+    saved.steps, saved.out_dir = tc.steps, tc.out_dir
+    return saved, ModelConfig.load(resume_dir / "config.json")
+
+
+def restore_checkpoint(resume_dir: Path, model: Transformer, opt, batches, device) -> tuple[int, list[dict]]:
+    """Load weights, optimizer, data position and RNG saved by ``save_checkpoint``; returns (step, history)."""
+    model.load_state_dict(load_file(str(resume_dir / "model.safetensors"), device=str(device)))
+    st = torch.load(resume_dir / "train_state.pt", weights_only=False)
+    opt.load_state_dict(st["optimizer"])
+    batches.load_state_dict(st["data"])
+    torch.set_rng_state(st["torch_rng"])
+    return st["step"], st["history"]
 
 
 def _progress(it, enabled: bool, **kw):

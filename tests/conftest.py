@@ -1,8 +1,14 @@
 """Shared pytest fixtures and hooks (keep small)."""
+import contextlib
+
 import pytest
 import torch
 
-import dsv3_edu  # noqa: F401  (first: sets TRITON_INTERPRET on CPU-only machines before triton is imported)
+# The FP8 Triton kernels module is the one place that chooses TRITON_INTERPRET (the CPU interpreter when there is
+# no GPU); that only works before triton is imported, and transformers (test_accounting_hf) imports triton. So
+# the kernels are imported first, here; without triton they are skipped by their tests.
+with contextlib.suppress(ImportError):
+    import dsv3_edu.fp8.kernels  # noqa: F401
 
 _NOTEBOOK_TIMES = pytest.StashKey[dict]()
 

@@ -1,14 +1,32 @@
 """Every formula of the model core has a test that can fail."""
+import copy
 import math
 
 import pytest
 import torch
 
-from dsv3_edu.balance import (batch_aux_loss, bias_update, expert_load, max_violation, sequence_balance_loss,
-                              update_biases)
+from dsv3_edu.balance import (
+    balance_stats,
+    batch_aux_loss,
+    bias_update,
+    expert_load,
+    max_violation,
+    sequence_balance_loss,
+    update_biases,
+)
 from dsv3_edu.config import PRESETS, ModelConfig, get_config
-from dsv3_edu.model import (MLA, Gate, MoE, Transformer, apply_rotary_emb, grouped_mm, precompute_freqs_cis,
-                            rms_norm, route, yarn_mscale)
+from dsv3_edu.model import (
+    MLA,
+    Gate,
+    MoE,
+    Transformer,
+    apply_rotary_emb,
+    grouped_mm,
+    precompute_freqs_cis,
+    rms_norm,
+    route,
+    yarn_mscale,
+)
 from dsv3_edu.model.moe import padded_grouped_mm
 from dsv3_edu.model.rope import rope_frequencies
 
@@ -221,18 +239,39 @@ def test_bias_update_moves_skewed_load_toward_balance():
     assert before > 0.5 and maxvio() < 0.3 * before
 
 
-def test_update_biases_on_model_uses_accumulated_loads():
+def test_update_biases_from_returned_loads():
     torch.manual_seed(0)
     m = Transformer(small_cfg())
     m.train()
-    m(torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
-    gates = [l.ffn.gate for l in m.layers[1:]] + [m.mtp[0].block.ffn.gate]
-    assert [g.load_acc.sum().item() for g in gates] == [64, 64, 60]   # the MTP block sees T - 1 positions
-    stats = update_biases(m, gamma=0.01)
-    assert all(g.load_acc.sum() == 0 for g in gates)
+    out = m(torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
+    gates = [b.ffn.gate for b in m.layers[1:]] + [m.mtp[0].block.ffn.gate]
+    assert m.gates() == gates
+    assert [n.sum().item() for n in out.loads] == [64, 64, 60]        # the MTP block sees T - 1 positions
+    assert [tuple(i.shape) for i in out.expert_indices] == [(2, 16, 2), (2, 16, 2), (2, 15, 2)]
+    update_biases(m, out.loads, gamma=0.01)
     assert all(g.bias.abs().max() == pytest.approx(0.01) for g in gates)
+    stats = balance_stats(m, out.loads)
     assert len(stats["maxvio"]) == 3 and min(stats["maxvio"]) > 0
-    assert [l.sum().item() for l in stats["loads"]] == [64.0, 64.0, 60.0]
+    assert stats["bias_min"] == pytest.approx(-0.01) and stats["bias_max"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="3 gates"):
+        update_biases(m, out.loads[:2], gamma=0.01)
+
+
+def test_extra_forward_does_not_change_bias_update():
+    """The update is a function of the loads passed in: an extra training-mode forward (a diagnostic,
+    recomputation) between the step and the update leaves the biases exactly as without it."""
+    torch.manual_seed(0)
+    a = Transformer(small_cfg()).train()
+    b = copy.deepcopy(a)
+    x = torch.randint(0, 256, (2, 16))
+    loads = a(x, x).loads
+    b(x, x)
+    b(torch.randint(0, 256, (4, 16)), torch.randint(0, 256, (4, 16)))   # the extra forward, other tokens
+    update_biases(a, loads, gamma=0.01)
+    update_biases(b, loads, gamma=0.01)
+    for ga, gb in zip(a.gates(), b.gates()):
+        assert torch.equal(ga.bias, gb.bias) and ga.bias.abs().sum() > 0
+    assert not any(k for k in vars(b.layers[1].ffn) if k.startswith("last_") or k == "balance_loss")
 
 
 def test_balance_losses_formula():
@@ -260,8 +299,8 @@ def test_balance_modes(balance, expect_loss):
     out = m(x, x)
     assert (out.balance_loss is not None) == expect_loss
     if balance != "aux_free":  # the selection bias is only used by the aux-loss-free mode
-        for l in m.layers[1:]:
-            l.ffn.gate.bias.fill_(100.0)
+        for b in m.layers[1:]:
+            b.ffn.gate.bias.fill_(100.0)
         assert torch.allclose(m.eval()(x).logits, m(x).logits)
 
 

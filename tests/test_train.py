@@ -40,6 +40,10 @@ def test_training_learns_and_logs(tmp_path, dataset):
     assert rows[-1]["bias_max"] > 0 > rows[-1]["bias_min"]  # the aux-loss-free biases moved
     assert res.final_val_loss == rows[-1]["val_loss"]
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("*.png"))                 # the library writes no pictures; the CLI does:
+    from dsv3_edu.__main__ import _save_training_plots
+    assert _save_training_plots(res) == ["loss.png", "expert_load.png"]
+    assert (tmp_path / "loss.png").stat().st_size > 0 and (tmp_path / "expert_load.png").stat().st_size > 0
 
 
 def test_resume_is_exact(tmp_path, dataset):
@@ -62,6 +66,12 @@ def test_divergence_stops_clearly_and_keeps_checkpoint(tmp_path, dataset):
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(tc(tmp_path, lr=1e12, warmup_steps=1, save_every=100), dataset=dataset, progress=False, model_cfg=cfg())
     assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == before
+
+
+def test_train_config_from_dict_rejects_unknown_keys():
+    assert TrainConfig.from_dict({"steps": 5}).steps == 5
+    with pytest.raises(ValueError, match=r"unknown fields \['stpes'\]"):
+        TrainConfig.from_dict({"stpes": 5})
 
 
 def test_bad_configs(dataset):

@@ -10,6 +10,8 @@ and FP8-simulated linear layers. See docs/fp8.md.
 
 The Triton names are loaded on first use, so ``import dsv3_edu.fp8`` neither imports triton nor sets
 TRITON_INTERPRET, and works where triton is not installed (the kernels then raise ImportError when used).
+``kernels`` is the one place that sets TRITON_INTERPRET (see its docstring): import it before anything else
+imports triton (transformers does) on a machine without a GPU.
 """
 from .accumulation import accumulation_error_curve, limited_matmul
 from .formats import all_values, decode, format_info, fp8_dtype, fp8_max

@@ -10,6 +10,8 @@ No tokens are dropped. Experts run as one grouped GEMM over tokens sorted by exp
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,15 +55,13 @@ def route(scores: torch.Tensor, bias: torch.Tensor | None, top_k: int, n_groups:
 
 
 class Gate(nn.Module):
-    """Router: affinities, selection bias b (a buffer, not trained by gradients) and per-expert load counts."""
+    """Router: affinities and the selection bias b (a buffer, not trained by gradients)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.dim))  # centroids e_i
         self.register_buffer("bias", torch.zeros(cfg.n_routed_experts))        # b_i, saved with the model
-        # tokens per expert since the last bias update (for the update and for MaxVio logging)
-        self.register_buffer("load_acc", torch.zeros(cfg.n_routed_experts), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, d) -> weights (N, K), indices (N, K), scores (N, E). Routing runs in float32."""
@@ -129,7 +129,18 @@ class Experts(nn.Module):
         return torch.zeros_like(x).index_add_(0, token, out)       # (N, d)
 
 
+@dataclass
+class Routing:
+    """What one MoE forward chose, returned with its output (never stored on the module): the trainer sums
+    ``load`` over a step's micro-batches for the aux-loss-free bias update (``balance.update_biases``)."""
+    indices: torch.Tensor                     # (B, T, K) chosen experts
+    load: torch.Tensor                        # (E,) tokens per expert (float)
+    balance_loss: torch.Tensor | None = None  # this layer's balance-loss term (training forwards only)
+
+
 class MoE(nn.Module):
+    """The DeepSeekMoE layer: always-on shared experts plus the K routed experts the gate chooses per token."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -137,30 +148,27 @@ class MoE(nn.Module):
         self.experts = Experts(cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim, cfg.fp8)
         self.shared_experts = (MLP(cfg.dim, cfg.n_shared_experts * cfg.moe_inter_dim, cfg.fp8)
                                if cfg.n_shared_experts > 0 else None)
-        self.balance_loss: torch.Tensor | None = None   # set by each training forward
-        self.last_load: torch.Tensor | None = None      # (E,) tokens per expert in the last forward
-        self.last_indices: torch.Tensor | None = None   # (B, T, K) chosen experts in the last forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_routing: bool = False):
+        """x (B, T, d) -> y (B, T, d), or (y, Routing) with ``return_routing``."""
         B, T, d = x.shape
         flat = x.reshape(-1, d)                                    # (N, d)
         weights, indices, scores = self.gate(flat)                 # (N, K), (N, K), (N, E)
         y = self.experts(flat, weights, indices)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
-        self._record(scores, indices, B, T)
-        return y.view(B, T, d)
+        y = y.view(B, T, d)
+        return (y, self.routing(scores, indices, B, T)) if return_routing else y
 
-    def _record(self, scores, indices, B, T):
+    def routing(self, scores: torch.Tensor, indices: torch.Tensor, B: int, T: int) -> Routing:
+        """Load counts and (when training) the balance-loss term, from scores (N, E) and indices (N, K)."""
         cfg = self.cfg
-        load = expert_load(indices, cfg.n_routed_experts)
-        self.last_load, self.last_indices = load, indices.view(B, T, -1)
-        self.balance_loss = None
+        out = Routing(indices=indices.view(B, T, -1), load=expert_load(indices, cfg.n_routed_experts))
         if not self.training:
-            return
-        self.gate.load_acc += load
+            return out
         if cfg.balance == "aux_free" and cfg.seq_aux_alpha > 0:
-            self.balance_loss = sequence_balance_loss(scores.view(B, T, -1), indices.view(B, T, -1),
-                                                      cfg.n_activated_experts, cfg.seq_aux_alpha)
+            out.balance_loss = sequence_balance_loss(scores.view(B, T, -1), indices.view(B, T, -1),
+                                                     cfg.n_activated_experts, cfg.seq_aux_alpha)
         elif cfg.balance == "aux_loss" and cfg.aux_loss_alpha > 0:
-            self.balance_loss = batch_aux_loss(scores, indices, cfg.n_activated_experts, cfg.aux_loss_alpha)
+            out.balance_loss = batch_aux_loss(scores, indices, cfg.n_activated_experts, cfg.aux_loss_alpha)
+        return out

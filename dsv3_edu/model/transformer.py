@@ -11,7 +11,7 @@ from torch import nn
 from ..config import ModelConfig
 from .linear import Linear
 from .mla import MLA, KVCache
-from .moe import MLP, MoE, Experts, Gate
+from .moe import MLP, Experts, Gate, MoE, Routing
 from .norm import RMSNorm
 from .rope import precompute_freqs_cis
 
@@ -30,9 +30,15 @@ class Block(nn.Module):
         self.ffn = MLP(cfg.dim, cfg.inter_dim, cfg.fp8) if layer_id < cfg.n_dense_layers else MoE(cfg)
 
     def forward(self, x: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0,
-                cache: KVCache | None = None, attn_mode: str = "naive") -> torch.Tensor:
+                cache: KVCache | None = None, attn_mode: str = "naive", return_routing: bool = False):
+        """x (B, T, d) -> (B, T, d); with ``return_routing`` a pair (x, Routing of the MoE, or None if dense)."""
         x = x + self.attn(self.attn_norm(x), freqs_cis, start_pos, cache, attn_mode)
-        return x + self.ffn(self.ffn_norm(x))
+        if isinstance(self.ffn, MoE):
+            y, routing = self.ffn(self.ffn_norm(x), return_routing=True)
+        else:
+            y, routing = self.ffn(self.ffn_norm(x)), None
+        x = x + y
+        return (x, routing) if return_routing else x
 
 
 class MTPModule(nn.Module):
@@ -52,10 +58,11 @@ class MTPModule(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, freqs_cis: torch.Tensor, start_pos: int = 0,
-                cache: KVCache | None = None, attn_mode: str = "naive") -> torch.Tensor:
-        """h (B, T, d) from depth k-1 at positions i; emb (B, T, d) embeddings of tokens t_{i+k}."""
+                cache: KVCache | None = None, attn_mode: str = "naive", return_routing: bool = False):
+        """h (B, T, d) from depth k-1 at positions i; emb (B, T, d) embeddings of tokens t_{i+k}.
+        ``return_routing`` as in ``Block``."""
         x = self.proj(torch.cat([self.hnorm(h), self.enorm(emb)], dim=-1))   # (B, T, d)
-        return self.block(x, freqs_cis, start_pos, cache, attn_mode)
+        return self.block(x, freqs_cis, start_pos, cache, attn_mode, return_routing)
 
 
 @dataclass
@@ -68,7 +75,9 @@ class ModelOutput:
     balance_loss: torch.Tensor | None = None
     mtp_logits: list[torch.Tensor] = field(default_factory=list)  # depth k: (B, T-k, V), predicting t_{i+k+1}
     hidden: torch.Tensor | None = None                # (B, T, d) last block's output (before the final norm)
-    loads: list[torch.Tensor] = field(default_factory=list)        # (E,) tokens per expert, per MoE layer
+    # routing of every MoE layer that ran, main layers first, then the MTP modules' (Transformer.gates() order)
+    loads: list[torch.Tensor] = field(default_factory=list)           # (E,) tokens per expert
+    expert_indices: list[torch.Tensor] = field(default_factory=list)  # (B, T, K) chosen experts (MTP k: T-k)
 
 
 class Transformer(nn.Module):
@@ -124,31 +133,41 @@ class Transformer(nn.Module):
         freqs = self._freqs(start_pos, T)
         emb = self.embed(idx)                                                   # (B, T, d)
         h = emb
+        routing: list[Routing] = []                                             # one per MoE layer that runs
         for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, start_pos, cache[i] if cache is not None else None, attn_mode)
+            h, r = layer(h, freqs, start_pos, cache[i] if cache is not None else None, attn_mode,
+                         return_routing=True)
+            if r is not None:
+                routing.append(r)
         logits = self.head(self.norm(h)).float()                                # (B, T, V)
-        out = ModelOutput(logits=logits, hidden=h, loads=self._loads())
+        out = ModelOutput(logits=logits, hidden=h)
 
         run_mtp = self.training if with_mtp is None else with_mtp
         if run_mtp and self.cfg.n_mtp > 0:
             if start_pos != 0:
                 raise ValueError("MTP modules run on whole sequences (start_pos 0); use mtp_step for decoding")
-            out.mtp_logits = self._mtp_logits(h, emb, freqs, attn_mode)
+            out.mtp_logits = self._mtp_logits(h, emb, freqs, attn_mode, routing)
+        out.loads = [r.load for r in routing]
+        out.expert_indices = [r.indices for r in routing]
         if targets is not None:
-            self._losses(out, targets)
+            self._losses(out, targets, [r.balance_loss for r in routing if r.balance_loss is not None])
         return out
 
-    def _mtp_logits(self, h, emb, freqs, attn_mode) -> list[torch.Tensor]:
-        """Depth k uses h^{k-1}_i and Emb(t_{i+k}) for i < T - k; its logits predict t_{i+k+1}."""
+    def _mtp_logits(self, h, emb, freqs, attn_mode, routing: list[Routing]) -> list[torch.Tensor]:
+        """Depth k uses h^{k-1}_i and Emb(t_{i+k}) for i < T - k; its logits predict t_{i+k+1}.
+        Appends each module's routing to ``routing``."""
         T, outs = h.size(1), []
         for k, module in enumerate(self.mtp, start=1):
             if T - k <= 0:
                 break
-            h = module(h[:, :T - k], emb[:, k:], freqs[:T - k], attn_mode=attn_mode)   # (B, T-k, d)
+            h, r = module(h[:, :T - k], emb[:, k:], freqs[:T - k], attn_mode=attn_mode,
+                          return_routing=True)                                  # (B, T-k, d)
+            if r is not None:
+                routing.append(r)
             outs.append(self.head(module.norm(h)).float())
         return outs
 
-    def _losses(self, out: ModelOutput, targets: torch.Tensor) -> None:
+    def _losses(self, out: ModelOutput, targets: torch.Tensor, balance_losses: list[torch.Tensor]) -> None:
         cfg = self.cfg
         V = cfg.vocab_size
         out.main_loss = F.cross_entropy(out.logits.view(-1, V), targets.reshape(-1), ignore_index=IGNORE_INDEX)
@@ -159,14 +178,15 @@ class Transformer(nn.Module):
                               for k, lg in enumerate(out.mtp_logits, start=1)]
             out.mtp_loss = torch.stack(out.mtp_losses).sum() / cfg.n_mtp
             loss = loss + cfg.mtp_lambda * out.mtp_loss
-        bal = [m.balance_loss for m in self.modules() if isinstance(m, MoE) and m.balance_loss is not None]
-        if bal:
-            out.balance_loss = torch.stack(bal).sum()
+        if balance_losses:                                  # training forwards only (see MoE.routing)
+            out.balance_loss = torch.stack(balance_losses).sum()
             loss = loss + out.balance_loss
         out.loss = loss
 
-    def _loads(self) -> list[torch.Tensor]:
-        return [layer.ffn.last_load for layer in self.layers if isinstance(layer.ffn, MoE)]
+    def gates(self) -> list[Gate]:
+        """Every routing gate, in the order of ``ModelOutput.loads``: main MoE layers, then the MTP modules'."""
+        blocks = [*self.layers, *(m.block for m in self.mtp)]
+        return [b.ffn.gate for b in blocks if isinstance(b.ffn, MoE)]
 
     # ------------------------------------------------------------------ decoding with MTP
     def mtp_step(self, h: torch.Tensor, next_idx: torch.Tensor, start_pos: int, cache: list[KVCache] | None,

@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from ..balance import expert_load, max_violation
+from ..balance import expert_load, max_violation, reduce_loads
 from ..config import ModelConfig, get_config
-from ..model.moe import MLP, Experts, Gate, MoE, route
+from ..model.moe import Experts, MoE, Routing, route
 
 # ============================================================================ planning (pure, no communication)
 
@@ -225,34 +225,35 @@ def combine(y_recv: torch.Tensor, plan: DispatchPlan, recv_counts: torch.Tensor,
 # ============================================================================ the layer
 
 
-class EPMoE(nn.Module):
+@dataclass
+class EPRouting(Routing):
+    """``Routing`` of this rank's tokens plus what the all-to-all moved."""
+    send_counts: torch.Tensor | None = None   # (W,) token copies sent to each rank
+    recv_counts: torch.Tensor | None = None   # (W,) token copies received from each rank
+
+
+class EPMoE(MoE):
     """DeepSeekMoE with routed experts spread over the ranks of ``group``; same math as ``MoE``.
 
     Replicated: the gate (weights and selection bias) and the shared experts. Local: ``experts`` holds this
     rank's E/W routed experts. Each rank feeds its own tokens (N_r, d); gradients of the replicated parts are
-    this rank's share (all-reduce them, as data parallelism does); local expert gradients are complete.
+    this rank's share (all-reduce them, as data parallelism does); local expert gradients are complete. The
+    returned load counts are this rank's: ``balance.reduce_loads`` sums them over ranks for the bias update.
     """
 
     def __init__(self, cfg: ModelConfig, group=None):
-        super().__init__()
-        self.cfg, self.group = cfg, group
+        super().__init__(cfg)
+        self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         if cfg.n_routed_experts % self.world_size:
             raise ValueError(f"world_size ({self.world_size}) must divide n_routed_experts ({cfg.n_routed_experts})")
         self.experts_per_rank = cfg.n_routed_experts // self.world_size
         self.first_expert = self.rank * self.experts_per_rank
-        self.gate = Gate(cfg)
+        # MoE.__init__ made all E experts (torch.empty: allocated, not initialised); keep this rank's E/W only
         self.experts = Experts(self.experts_per_rank, cfg.dim, cfg.moe_inter_dim, cfg.fp8)
-        self.shared_experts = (MLP(cfg.dim, cfg.n_shared_experts * cfg.moe_inter_dim, cfg.fp8)
-                               if cfg.n_shared_experts > 0 else None)
-        self.balance_loss: torch.Tensor | None = None
-        self.last_load: torch.Tensor | None = None          # (E,) tokens of THIS rank per expert
-        self.last_indices: torch.Tensor | None = None
-        self.last_send_counts: torch.Tensor | None = None   # (W,) token copies sent to each rank
-        self.last_recv_counts: torch.Tensor | None = None   # (W,) token copies received from each rank
 
     @classmethod
-    def from_moe(cls, moe: MoE, group=None) -> "EPMoE":
+    def from_moe(cls, moe: MoE, group=None) -> EPMoE:
         """The EP version of a single-process ``MoE``: same gate, same shared experts, this rank's expert slice."""
         ep = cls(moe.cfg, group)
         ep.gate = copy.deepcopy(moe.gate)
@@ -262,7 +263,8 @@ class EPMoE(nn.Module):
             setattr(ep.experts, name, nn.Parameter(getattr(moe.experts, name).detach()[mine].clone()))
         return ep.train(moe.training)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_routing: bool = False):
+        """x (B, T, d) this rank's tokens -> y (B, T, d), or (y, EPRouting) with ``return_routing``."""
         B, T, d = x.shape
         flat = x.reshape(-1, d)                                                # (N, d)
         weights, indices, scores = self.gate(flat)                             # (N, K), (N, K), (N, E)
@@ -273,9 +275,12 @@ class EPMoE(nn.Module):
         y = combine(y_recv, plan, recv_counts, flat.size(0), self.group)       # (N, d)
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
-        self._record(scores, indices, B, T)
-        self.last_send_counts, self.last_recv_counts = plan.send_counts, recv_counts
-        return y.view(B, T, d)
+        y = y.view(B, T, d)
+        if not return_routing:
+            return y
+        # load counts and balance losses exactly as in the single-process layer, on this rank's tokens
+        r = self.routing(scores, indices, B, T)
+        return y, EPRouting(**vars(r), send_counts=plan.send_counts, recv_counts=recv_counts)
 
     def local_experts(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Received rows x (R, d) with their K global expert ids / weights -> (R, d): sum of g_i FFN_i(x) over
@@ -284,18 +289,6 @@ class EPMoE(nn.Module):
         row, slot = ((local >= 0) & (local < self.experts_per_rank)).nonzero(as_tuple=True)   # (P,) pairs
         out = self.experts(x[row], weights[row, slot, None], local[row, slot, None])         # (P, d), weighted
         return torch.zeros_like(x).index_add_(0, row, out)
-
-    # the load counts and balance losses are computed exactly as in the single-process layer, on local tokens
-    _record = MoE._record
-
-
-@torch.no_grad()
-def sync_expert_load(model: nn.Module, group=None) -> None:
-    """All-reduce every gate's load counts so the aux-loss-free bias update (``balance.update_biases``) sees
-    the global load and the replicated biases stay identical on every rank. Call it before ``update_biases``."""
-    for m in model.modules():
-        if isinstance(m, Gate):
-            dist.all_reduce(m.load_acc, group=group)
 
 
 # ============================================================================ check against one process
@@ -349,31 +342,31 @@ def ep_check_worker(rank: int, world_size: int, cfg_dict: dict, batch_per_rank: 
     mine = slice(rank * batch_per_rank, (rank + 1) * batch_per_rank)
 
     x_ref = x.clone().requires_grad_()
-    y_ref = ref(x_ref)
+    y_ref, r_ref = ref(x_ref, return_routing=True)
     (y_ref * target).sum().backward()
 
     x_ep = x[mine].clone().requires_grad_()
-    y_ep = ep(x_ep)
+    y_ep, r_ep = ep(x_ep, return_routing=True)
     (y_ep * target[mine]).sum().backward()
     replicated = [ep.gate.weight] + (list(ep.shared_experts.parameters()) if ep.shared_experts else [])
     for p in replicated:                                        # data-parallel sum of the replicated grads
         dist.all_reduce(p.grad)
-    sync_expert_load(ep)
+    [load] = reduce_loads([r_ep.load])                          # global load, as the bias update needs it
 
     sl = slice(ep.first_expert, ep.first_expert + ep.experts_per_rank)
     err = {"output": _max_err(y_ep, y_ref[mine]), "grad_input": _max_err(x_ep.grad, x_ref.grad[mine]),
            "grad_gate": _max_err(ep.gate.weight.grad, ref.gate.weight.grad),
            "grad_experts": max(_max_err(getattr(ep.experts, n).grad, getattr(ref.experts, n).grad[sl])
                                for n in ("w1", "w2", "w3")),
-           "load_acc": _max_err(ep.gate.load_acc, ref.gate.load_acc)}
+           "load": _max_err(load, r_ref.load)}
     if ep.shared_experts is not None:
         err["grad_shared"] = max(_max_err(a.grad, b.grad) for a, b in
                                  zip(ep.shared_experts.parameters(), ref.shared_experts.parameters()))
     with torch.no_grad():
         _, _, scores = ep.gate(x[mine].reshape(-1, cfg.dim))                # (N_r, E) affinities, for the report
-    local_indices = ep.last_indices.reshape(-1, cfg.n_activated_experts)
+    local_indices = r_ep.indices.reshape(-1, cfg.n_activated_experts)
     return {"rank": rank, "backend": dist.get_backend(), "device": str(device), "err": err,
-            "send_counts": ep.last_send_counts.cpu(), "recv_counts": ep.last_recv_counts.cpu(),
+            "send_counts": r_ep.send_counts.cpu(), "recv_counts": r_ep.recv_counts.cpu(),
             "local_indices": local_indices.cpu(), "scores": scores.cpu(),
             "bias": ep.gate.bias.cpu() if cfg.balance == "aux_free" else None,
             "bytes_per_elem": x.element_size()}
@@ -436,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
             print(format_report(results, cfg))
         dist.destroy_process_group()
     else:
-        from .pipeline.executor import spawn_run     # the package's one launcher (loopback, free port)
+        from .pipeline.executor import spawn_run  # the package's one launcher (loopback, free port)
         print(format_report(spawn_run(args.world_size, ep_check_worker, *job), cfg))
 
 
