@@ -9,8 +9,14 @@ from dataclasses import fields
 
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
-    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                        if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None and f.name != "model_overrides"}
+    try:
+        recipe = {} if args.resume else _announce_recipe(given)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tc = TrainConfig(**{**recipe, **given})
     if args.set:
         tc.model_overrides = {k: json.loads(v) if v[:1] in "0123456789-[{tf" else v
                               for k, v in (kv.split("=", 1) for kv in args.set)}
@@ -19,14 +25,39 @@ def _train(args) -> int:
     except (TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
+    ev = res.final_eval
+    speed = f"{res.tokens_per_s:,.0f} tokens/s"
+    if res.mfu is not None:
+        speed += (f", {res.tokens_per_s * res.flops_per_token / 1e9:,.1f} GFLOP/s = {res.mfu:.0%} MFU "
+                  f"(vs a {res.peak_flops / 1e9:,.1f} GFLOP/s {res.dtype} matmul peak)")
+    print(f"\nfinal validation loss {res.final_val_loss:.4f} nats/token  |  {speed}  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
+    if "val_bpb" in ev:
+        base = ", ".join(f"{k} {ev[k]:.3f}" for k in ("xz", "bz2", "zlib") if k in ev)
+        print(f"validation {ev['val_bpb']:.3f} bits/byte" + (f" ({base})" if base else ""))
+    if "mtp_acceptance" in ev:
+        print(f"MTP draft acceptance (teacher-forced, validation) {ev['mtp_acceptance']:.1%}")
     if res.out_dir:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
         _print_samples(res.model, args.samples)
     return 0
+
+
+def _announce_recipe(given: dict) -> dict:
+    """The device's default recipe for the fields not given on the command line, printed in one line."""
+    from .runtime import get_device, resolve_dtype
+    from .train import TrainConfig, recipe_for
+    device = get_device(given.get("device", "auto"))
+    name, recipe = recipe_for(device)
+    recipe = {k: v for k, v in recipe.items() if k not in given}
+    tc = TrainConfig(**{**recipe, **given})
+    dtype = str(resolve_dtype(tc.dtype, device)).replace("torch.", "")
+    where = device.type + (f" ({__import__('torch').cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    print(f"recipe: {name} default on {where}: preset {tc.preset}, batch {tc.batch_size} x seq {tc.seq_len}, "
+          f"{tc.steps} steps, lr {tc.lr:g}, {dtype} (--dtype {tc.dtype}); any flag overrides it")
+    return recipe
 
 
 def _save_training_plots(res) -> list[str]:

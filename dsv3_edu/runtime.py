@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from pathlib import Path
@@ -51,7 +52,8 @@ def cpu_has_native_bf16() -> bool:
     return "BF16" in cap or "AMX" in cap
 
 
-def _cpu_flags() -> set[str] | None:
+@functools.cache
+def _cpu_flags() -> frozenset[str] | None:
     """The CPU feature flags Linux reports (None where there is no /proc/cpuinfo, e.g. macOS, Windows)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -59,7 +61,7 @@ def _cpu_flags() -> set[str] | None:
         return None
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
+            return frozenset(line.split(":", 1)[1].split())
     return None
 
 
