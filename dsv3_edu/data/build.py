@@ -2,7 +2,8 @@
 
     out_dir/
       manifest.json    what was built from what (corpus file count, bytes, sha256, python version,
-                       selection rule; tokenizer hash; split sizes; tokens per byte); written last
+                       selection rule and dropped files; tokenizer hash; split sizes; tokens per byte;
+                       compressor bits/byte of the validation text); written last
       tokenizer.json   the tokenizer the ids belong to
       train.pt val.pt  flat token streams (torch uint16 when the vocab fits, else int32)
 
@@ -12,11 +13,14 @@ manifest is removed first, so an interrupted build is never mistaken for a finis
 """
 from __future__ import annotations
 
+import bz2
 import json
+import lzma
 import os
 import random
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +30,18 @@ from tqdm.auto import tqdm
 from .corpus import DEFAULT_MAX_BYTES, Corpus, default_corpus, load_documents, write_manifest
 from .fim import check_rate, encode_documents
 from .packing import TokenDataset, pack_documents, split_documents, storage_dtype
-from .tokenizer import (DEFAULT_TOKENIZER_PATH, DEFAULT_VOCAB_SIZE, REPO_ROOT, BPETokenizer,
-                        load_tokenizer, train_tokenizer)
+from .tokenizer import (
+    DEFAULT_VOCAB_SIZE,
+    TOKENIZER_FILE,
+    BPETokenizer,
+    load_tokenizer,
+    packaged_tokenizer_path,
+    train_tokenizer,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# <repo>, found from this file: <repo>/dsv3_edu/data/build.py
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VAL_FRACTION = 0.05
 DEFAULT_FIM_RATE = 0.1
 ENCODE_CHUNK = 64  # documents per encode_batch call (one progress-bar step)
@@ -37,7 +49,7 @@ ENCODE_CHUNK = 64  # documents per encode_batch call (one progress-bar step)
 
 def default_build_dir() -> Path:
     """<repo>/data/build when running from the repository, else ./data/build."""
-    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "data").is_dir():
+    if (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "dsv3_edu").is_dir():
         return REPO_ROOT / "data" / "build"
     return Path.cwd() / "data" / "build"
 
@@ -52,8 +64,15 @@ class BuiltDataset:
     out_dir: Path
 
     def dataset(self) -> TokenDataset:
-        """The streams wrapped for batching: ``built.dataset().get_batch("train", B, T, g)``."""
-        return TokenDataset(self.train, self.val)
+        """The streams wrapped for batching: ``built.dataset().get_batch("train", B, T, g)``.
+
+        The dataset also knows what bits per byte needs: ``token_bytes`` (bytes per id), ``val_bytes``
+        (UTF-8 bytes of the validation documents) and ``compressors`` (their bits/byte under xz, bz2, zlib).
+        """
+        return TokenDataset(self.train, self.val, token_bytes=self.tokenizer.token_bytes(),
+                            val_bytes=self.manifest["splits"]["val"]["bytes"],
+                            compressors=self.manifest.get("compressors", {}), eos_id=self.tokenizer.eos_id,
+                            pad_id=self.tokenizer.pad_id)
 
     @property
     def vocab_size(self) -> int:
@@ -76,28 +95,56 @@ def train_split_tokenizer(corpus: Corpus, vocab_size: int, val_fraction: float, 
 
 def train_default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, max_bytes: int = DEFAULT_MAX_BYTES,
                             val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> BPETokenizer:
-    """The recipe of the committed data/tokenizer.json: train split of the default corpus."""
+    """The recipe of the packaged tokenizers (dsv3_edu/data/tokenizers/): train split of the default corpus."""
     return train_split_tokenizer(default_corpus(max_bytes), vocab_size, val_fraction, seed)
 
 
-def resolve_tokenizer(tokenizer, vocab_size: int) -> BPETokenizer | None:
-    """The tokenizer to use, or None when one must be trained.
+def tokenizer_cache_path(cache_dir: Path, vocab_size: int, corpus: Corpus, val_fraction: float, seed: int) -> Path:
+    """Cache file of a tokenizer trained by the build: one per vocab size, corpus and split."""
+    return Path(cache_dir) / f"bpe-{vocab_size}-{corpus.sha256()[:12]}-v{val_fraction}-s{seed}.json"
 
-    tokenizer: a BPETokenizer; a path to a tokenizer.json; "train" (always train); or None: the
-    committed tokenizer when its vocab size equals ``vocab_size``, else train. ``vocab_size`` is used
-    only when training.
+
+def tokenizer_for(vocab_size: int, corpus: Corpus, val_fraction: float, seed: int, cache_dir,
+                  progress: bool = True) -> BPETokenizer:
+    """The tokenizer of ``vocab_size``: the packaged one if there is one (2048, 4096, 8192), else one
+    trained on the train split of ``corpus`` and cached under ``cache_dir`` (trained once per vocab size)."""
+    packaged = packaged_tokenizer_path(vocab_size)
+    if packaged.is_file():
+        return load_tokenizer(packaged)
+    cached = tokenizer_cache_path(cache_dir, vocab_size, corpus, val_fraction, seed)
+    if cached.is_file():
+        return load_tokenizer(cached)
+    if progress:
+        print(f"build_dataset: training a byte-level BPE, vocab {vocab_size} (cached as {cached})")
+    tok = train_split_tokenizer(corpus, vocab_size, val_fraction, seed)
+    tok.save(cached)
+    return tok
+
+
+def resolve_tokenizer(tokenizer) -> BPETokenizer | None:
+    """The tokenizer given, or None when the build picks one by vocab size (``tokenizer_for``).
+
+    tokenizer: a BPETokenizer; a path to a tokenizer.json or a folder holding one; "train" (always
+    train, never the packaged one); or None (packaged or cached by vocab size).
     """
     if isinstance(tokenizer, BPETokenizer):
         return tokenizer
-    if tokenizer == "train":
+    if tokenizer is None or tokenizer == "train":
         return None
-    if tokenizer is not None:
-        return load_tokenizer(tokenizer)
-    if DEFAULT_TOKENIZER_PATH.is_file():
-        tok = load_tokenizer(DEFAULT_TOKENIZER_PATH)
-        if tok.vocab_size == vocab_size:
-            return tok
-    return None
+    return load_tokenizer(tokenizer)
+
+
+def compressor_bits_per_byte(text: str) -> dict:
+    """Bits per byte of ``text`` (UTF-8) under three general-purpose compressors: the baselines a language
+    model of the same text should beat. xz = lzma preset 9 | PRESET_EXTREME (``xz -9e``), bz2 level 9,
+    zlib level 9; each is 8 * compressed size / input size."""
+    raw = text.encode("utf-8")
+    if not raw:
+        raise ValueError("compressor_bits_per_byte: empty text")
+    sizes = {"xz": len(lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)),
+             "bz2": len(bz2.compress(raw, compresslevel=9)),
+             "zlib": len(zlib.compress(raw, level=9))}
+    return {k: 8 * v / len(raw) for k, v in sizes.items()}
 
 
 def _atomic_torch_save(t: torch.Tensor, path: Path) -> None:
@@ -122,7 +169,7 @@ def _read_manifest(out_dir: Path) -> dict | None:
 def _load_built(out_dir: Path, manifest: dict) -> BuiltDataset | None:
     """The cached dataset when every file is there and the token counts agree, else None."""
     try:
-        tok = load_tokenizer(out_dir / "tokenizer.json")
+        tok = load_tokenizer(out_dir / TOKENIZER_FILE)
         streams = {s: torch.load(out_dir / f"{s}.pt", weights_only=True).to(torch.int32) for s in ("train", "val")}
     except Exception:  # a missing or unreadable file means: rebuild
         return None
@@ -144,9 +191,12 @@ def build_dataset(source=None, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZ
 
     source: None for the default stdlib corpus (capped at ``max_bytes``), or a path / list of paths
         to text files or folders (``max_bytes`` then unused).
-    out_dir: where the files go (default: <repo>/data/build).
-    tokenizer: None (committed data/tokenizer.json if its vocab is ``vocab_size``, else train one),
-        "train" (train a new BPE of ``vocab_size`` on the train documents), a path, or a BPETokenizer.
+    out_dir: where the files go (default: <repo>/data/build/vocab<V>, one folder per vocab size, so a
+        sweep over vocab sizes builds each once; trained tokenizers are cached in <repo>/data/build/tokenizers).
+    vocab_size: the tokenizer's vocabulary when the build picks it (``tokenizer`` None or "train").
+    tokenizer: None (the packaged tokenizer of ``vocab_size`` if there is one, else one trained on the train
+        documents and cached per vocab size in ``tokenizers/`` next to ``out_dir``), "train" (train a new BPE of
+        ``vocab_size`` on the train documents), a path (file or folder), or a BPETokenizer.
     fim_rate: fraction of *train* documents FIM-transformed (PSM). Validation stays plain text,
         so validation loss compares across FIM settings.
     val_fraction, seed: the split by document (and the FIM draws, seeded from ``seed``).
@@ -154,10 +204,15 @@ def build_dataset(source=None, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZ
     rebuild: ignore a matching cache.
     """
     check_rate(fim_rate)
-    out_dir = Path(out_dir) if out_dir is not None else default_build_dir()
     t0 = time.perf_counter()
     corpus = load_corpus(source, max_bytes, strict)
-    tok = resolve_tokenizer(tokenizer, vocab_size)
+    tok = resolve_tokenizer(tokenizer)
+    if tok is None and tokenizer is None:
+        cache = (Path(out_dir).parent if out_dir is not None else default_build_dir()) / "tokenizers"
+        tok = tokenizer_for(vocab_size, corpus, val_fraction, seed, cache, progress)
+    if out_dir is None:
+        out_dir = default_build_dir() / f"vocab{tok.vocab_size if tok is not None else vocab_size}"
+    out_dir = Path(out_dir)
     recipe = {
         "format": FORMAT_VERSION,
         "corpus_sha256": corpus.sha256(),
@@ -198,7 +253,10 @@ def build_dataset(source=None, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZ
     bar.close()
 
     dtype = storage_dtype(tok.vocab_size)
-    tok.save(out_dir / "tokenizer.json")
+    tok.save(out_dir / TOKENIZER_FILE)
+    if progress:
+        print("build_dataset: compressing the validation text with xz, bz2 and zlib (baselines)")
+    compressors = compressor_bits_per_byte("".join(corpus[i].text for i in val_idx))
     for split, t in streams.items():
         _atomic_torch_save(t.to(dtype), out_dir / f"{split}.pt")
     n_bytes = splits["train"]["bytes"] + splits["val"]["bytes"]
@@ -207,11 +265,13 @@ def build_dataset(source=None, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZ
     manifest = {
         "recipe": recipe,
         "corpus": corpus.manifest(),
-        "tokenizer": {"file": "tokenizer.json", "vocab_size": tok.vocab_size, "sha256": tok.sha256(),
+        "tokenizer": {"file": TOKENIZER_FILE, "vocab_size": tok.vocab_size, "sha256": tok.sha256(),
                       "special_ids": tok.special_ids},
         "splits": splits,
         "dtype": str(dtype).removeprefix("torch."),
         "tokens_per_byte": n_text / n_bytes,
+        # bits per byte of the validation text (its documents concatenated in order) under each compressor
+        "compressors": {k: round(v, 4) for k, v in compressors.items()},
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
     write_manifest(out_dir / "manifest.json", manifest)

@@ -8,10 +8,16 @@ Special tokens (each one id, never produced by merges):
   <|fim_begin|>  <|fim_hole|>  <|fim_end|>   fill-in-the-middle markers (see fim.py)
   <|pad|>        padding, for batched generation
 
-The committed ``data/tokenizer.json`` was trained on the train split of the default corpus (stdlib of
-CPython 3.11, 10 MB, seed 0) with ``python -m dsv3_edu.data tokenizer --out data/tokenizer.json``.
+The packaged tokenizers ``dsv3_edu/data/tokenizers/bpe-<vocab>.json`` (vocab 2048, 4096 and 8192; package
+data, so a non-editable install has them too) were trained on the train split of the default corpus
+(stdlib and test suite of CPython 3.11, seed 0) with
+``python -m dsv3_edu.data tokenizer --vocab-size V --out dsv3_edu/data/tokenizers/bpe-V.json``.
 Another Python version gives a slightly different corpus, hence a slightly different tokenizer if
-retrained; the committed one stays valid for any text.
+retrained; the packaged ones stay valid for any text. Other vocab sizes are trained by the data build
+and cached (see ``build.tokenizer_for``).
+
+A checkpoint carries its tokenizer: ``save_tokenizer(tok, ckpt_dir)`` writes ``ckpt_dir/tokenizer.json``
+and ``load_tokenizer(ckpt_dir)`` reads it back, so decoding never uses another tokenizer than training did.
 """
 from __future__ import annotations
 
@@ -30,9 +36,17 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = (EOS, FIM_BEGIN, FIM_HOLE, FIM_END, PAD)  # ids 0..4 in a freshly trained tokenizer
 
 DEFAULT_VOCAB_SIZE = 8192
-# <repo>/data/tokenizer.json, found from this file: <repo>/dsv3_edu/data/tokenizer.py
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TOKENIZER_PATH = REPO_ROOT / "data" / "tokenizer.json"
+PACKAGED_VOCAB_SIZES = (2048, 4096, 8192)
+PACKAGE_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizers"   # package data
+TOKENIZER_FILE = "tokenizer.json"   # the name inside a build folder or a checkpoint folder
+
+
+def packaged_tokenizer_path(vocab_size: int) -> Path:
+    """Where the packaged tokenizer of ``vocab_size`` lives (it exists for PACKAGED_VOCAB_SIZES)."""
+    return PACKAGE_TOKENIZER_DIR / f"bpe-{vocab_size}.json"
+
+
+DEFAULT_TOKENIZER_PATH = packaged_tokenizer_path(DEFAULT_VOCAB_SIZE)
 
 
 class BPETokenizer:
@@ -74,6 +88,16 @@ class BPETokenizer:
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
         return self.tk.decode(ids, skip_special_tokens=skip_special)
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each id stands for, indexed by id: 0 for special tokens.
+
+        Byte-level BPE stores each byte as one printable character, so a token's byte count is the length
+        of its stored string. Summed over the ids of an encoded text it gives the text's UTF-8 byte count
+        exactly: what bits per byte divides by when only some tokens are scored.
+        """
+        special = set(self.special_ids.values())
+        return [0 if i in special else len(self.tk.id_to_token(i)) for i in range(self.vocab_size)]
 
     def id_to_token(self, i: int) -> str:
         return self.tk.id_to_token(i)
@@ -123,22 +147,27 @@ def train_tokenizer(docs, vocab_size: int = DEFAULT_VOCAB_SIZE) -> BPETokenizer:
 
 
 def load_tokenizer(path=None) -> BPETokenizer:
-    """Load a tokenizer.json; by default the committed ``data/tokenizer.json`` of the repository.
-
-    If no path is given and the committed file cannot be found (e.g. the package was installed
-    without the repository), train one with the committed file's recipe (a few seconds).
-    """
-    if path is not None:
-        path = Path(path)
+    """Load a tokenizer: the packaged default (vocab 8192) when ``path`` is None; a tokenizer.json file;
+    or a folder holding ``tokenizer.json`` (a build folder or a checkpoint saved with ``save_tokenizer``)."""
+    if path is None:
+        path = DEFAULT_TOKENIZER_PATH
         if not path.is_file():
-            raise FileNotFoundError(f"load_tokenizer: no tokenizer file at {str(path)!r}")
-        return BPETokenizer(Tokenizer.from_file(str(path)))
-    if DEFAULT_TOKENIZER_PATH.is_file():
-        return BPETokenizer(Tokenizer.from_file(str(DEFAULT_TOKENIZER_PATH)))
-    print(f"load_tokenizer: {DEFAULT_TOKENIZER_PATH} not found, training a byte-level BPE "
-          f"(vocab {DEFAULT_VOCAB_SIZE}) on the default corpus")
-    from .build import train_default_tokenizer  # late import: build.py imports this module
-    return train_default_tokenizer()
+            raise FileNotFoundError(f"load_tokenizer: the packaged tokenizer {str(path)!r} is missing; "
+                                    "reinstall dsv3-edu (it ships as package data)")
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"load_tokenizer: no tokenizer file at {str(path)!r}")
+    return BPETokenizer(Tokenizer.from_file(str(path)))
+
+
+def save_tokenizer(tok: BPETokenizer, directory) -> Path:
+    """Write ``tok`` as ``directory/tokenizer.json`` (atomically) so that ``load_tokenizer(directory)``
+    gives it back; a checkpoint folder carries its tokenizer this way. Returns the file's path."""
+    path = Path(directory) / TOKENIZER_FILE
+    tok.save(path)
+    return path
 
 
 def token_stats(tok: BPETokenizer, docs) -> dict:

@@ -1,0 +1,191 @@
+"""Measures of a trained model, the way compression and code-model people report them.
+
+- Bits per byte: ``summed next-token loss (nats) / ln 2 / UTF-8 bytes`` of the text scored. Unlike loss per
+  token it does not depend on the tokenizer, so it compares across vocab sizes and against general-purpose
+  compressors (xz, bz2, zlib bits/byte of the same validation text, kept in the data manifest).
+- Python-likeness of samples: the share of complete top-level statements that ``ast.parse`` accepts, for
+  samples drawn with fixed prompts and seeds, next to the same measure on real held-out code (the ceiling).
+- MTP draft acceptance, teacher-forced: how often the MTP module's guess for token t+2 equals the main
+  model's own guess at the next position, which is what speculative decoding with the MTP drafter accepts.
+
+What "validation bytes" means: ``evaluate_bits_per_byte`` scores every token of the validation stream
+exactly once (``TokenDataset.eval_batches``: documents in order, each first token predicted from the <|eos|>
+before it), so its byte count is the UTF-8 size of the validation documents (``dataset.val_bytes``). With
+``max_batches`` it scores a prefix, and divides by the bytes of exactly the tokens scored
+(``dataset.target_bytes(y)``: byte-level BPE tokens have an exact byte length; <|eos|> counts 0 bytes but its
+loss counts, so the figure is if anything pessimistic).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .data.packing import IGNORE_INDEX
+
+LN2 = math.log(2)
+
+
+# ---------------------------------------------------------------------------------------------- bits/byte
+
+
+def bits_per_byte(total_nats: float, n_bytes: int) -> float:
+    """Summed next-token loss in nats over some text -> bits per UTF-8 byte of that text."""
+    if n_bytes <= 0:
+        raise ValueError(f"bits_per_byte: n_bytes must be > 0, got {n_bytes}")
+    return total_nats / LN2 / n_bytes
+
+
+@torch.no_grad()
+def evaluate_bits_per_byte(model, dataset, batch_size: int, seq_len: int, device=None,
+                           max_batches: int | None = None, split: str = "val",
+                           autocast=contextlib.nullcontext) -> dict:
+    """Bits per byte of ``model`` on ``split`` of a ``TokenDataset`` from ``BuiltDataset.dataset()``.
+
+    Scores every token of the split once (or the first ``max_batches`` batches) in windows of ``seq_len``.
+    ``autocast``: a zero-argument context-manager factory wrapped around each forward (e.g. the trainer's).
+    Returns {"bits_per_byte", "loss" (nats per scored token), "nats", "tokens", "bytes"} plus the dataset's
+    compressor figures as "xz", "bz2", "zlib" (bits/byte of the whole validation text) when known.
+    """
+    was_training = model.training
+    model.eval()
+    nats, tokens, n_bytes = 0.0, 0, 0
+    try:
+        for k, (x, y) in enumerate(dataset.eval_batches(split, batch_size, seq_len, device=device)):
+            if max_batches is not None and k >= max_batches:
+                break
+            with autocast():
+                logits = model(x).logits                                                # (B, T, V)
+            nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                                    reduction="sum").item()
+            tokens += int((y != IGNORE_INDEX).sum())
+            n_bytes += dataset.target_bytes(y)
+    finally:
+        model.train(was_training)
+    out = {"bits_per_byte": bits_per_byte(nats, n_bytes), "loss": nats / max(tokens, 1), "nats": nats,
+           "tokens": tokens, "bytes": n_bytes}
+    if split == "val":
+        out.update(dataset.compressors)
+    return out
+
+
+def format_bits_per_byte(bpb: float, compressors: dict) -> str:
+    """``validation 1.234 bits/byte (xz 1.690, bz2 1.702, zlib 1.940)``: the trainer's summary line."""
+    extra = ", ".join(f"{k} {compressors[k]:.3f}" for k in ("xz", "bz2", "zlib") if k in compressors)
+    return f"validation {bpb:.3f} bits/byte" + (f" ({extra})" if extra else "")
+
+
+# ---------------------------------------------------------------------------------------------- MTP
+
+
+@torch.no_grad()
+def mtp_acceptance(model, batches, max_batches: int | None = None) -> dict:
+    """Teacher-forced MTP draft acceptance on (x, y) batches of held-out text.
+
+    At each position i the depth-1 MTP module (given the true token t_{i+1}) drafts t_{i+2}; speculative
+    decoding accepts the draft when the main model, one position later, predicts the same token. So the
+    rate is mean[argmax mtp_logits[:, i] == argmax logits[:, i + 1]] over positions whose target t_{i+2}
+    is real text (not IGNORE_INDEX). Also returns how often each guess equals the true t_{i+2}.
+    """
+    if model.cfg.n_mtp < 1:
+        raise ValueError("mtp_acceptance: the model has no MTP module (n_mtp = 0)")
+    was_training = model.training
+    model.eval()
+    agree = mtp_right = main_right = n = 0
+    try:
+        for k, (x, y) in enumerate(batches):
+            if max_batches is not None and k >= max_batches:
+                break
+            out = model(x, with_mtp=True)
+            draft = out.mtp_logits[0].argmax(-1)                                         # (B, T-1): t_{i+2}
+            main = out.logits[:, 1:].argmax(-1)                                          # (B, T-1): t_{i+2}
+            truth = y[:, 1:]                                                             # (B, T-1)
+            keep = truth != IGNORE_INDEX
+            agree += int(((draft == main) & keep).sum())
+            mtp_right += int(((draft == truth) & keep).sum())
+            main_right += int(((main == truth) & keep).sum())
+            n += int(keep.sum())
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("mtp_acceptance: no position to score (empty batches or sequences of length 1)")
+    return {"acceptance": agree / n, "mtp_accuracy": mtp_right / n, "main_accuracy": main_right / n,
+            "positions": n}
+
+
+# ---------------------------------------------------------------------------------------------- Python-likeness
+
+# Column-0 lines that continue the statement above instead of starting a new one.
+_CONTINUES = ("else", "elif", "except", "finally", "case")
+DEFAULT_PROMPTS = ("import os\n", "def ", "class ", "for i in range(", "if __name__ == \"__main__\":\n",
+                   "from collections import ")
+
+
+def top_level_statements(text: str) -> list[str]:
+    """``text`` cut into top-level blocks: a block starts at a column-0 line that is not blank, not a
+    closing bracket, not ``else/elif/except/finally/case`` and not after a decorator; the block runs to the
+    next such line. (A column-0 line inside a multi-line string also starts a block: the same rule applies
+    to real code, whose score is the ceiling.)"""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        starts = (line[:1].strip() != "" and line[0] not in ")]}#"
+                  and line.split(maxsplit=1)[0].rstrip(":") not in _CONTINUES
+                  and not (blocks and blocks[-1][-1].startswith("@")))
+        if starts or not blocks:
+            blocks.append([line])
+        else:
+            blocks[-1].append(line)
+    return ["\n".join(b) + "\n" for b in blocks]
+
+
+def python_likeness(text: str, drop_last: bool = True) -> dict:
+    """Share of the top-level statements of ``text`` that ``ast.parse`` accepts.
+
+    drop_last: leave out the last block, which a sample cut at a token budget usually ends mid-way.
+    Blocks that are only comments or blank do not count. Returns {"share", "parsed", "statements"}.
+    """
+    blocks = [b for b in top_level_statements(text) if b.strip() and not b.lstrip().startswith("#")]
+    if drop_last:
+        blocks = blocks[:-1]
+    ok = 0
+    for b in blocks:
+        try:
+            ast.parse(b)
+            ok += 1
+        except (SyntaxError, ValueError):  # ValueError: a NUL byte in the text
+            pass
+    return {"share": ok / len(blocks) if blocks else 0.0, "parsed": ok, "statements": len(blocks)}
+
+
+def pooled_python_likeness(texts, drop_last: bool = True) -> dict:
+    """``python_likeness`` pooled over many texts (statements summed, not shares averaged)."""
+    parsed = statements = 0
+    for t in texts:
+        r = python_likeness(t, drop_last)
+        parsed += r["parsed"]
+        statements += r["statements"]
+    return {"share": parsed / statements if statements else 0.0, "parsed": parsed, "statements": statements}
+
+
+@torch.no_grad()
+def sample_python_likeness(model, tokenizer, prompts=DEFAULT_PROMPTS, seeds=(0, 1), max_new_tokens: int = 256,
+                           temperature: float = 0.8, top_k: int | None = None) -> dict:
+    """Sample from ``model`` (``dsv3_edu.generate.generate``) for each prompt and seed, cut each sample at its
+    first <|eos|>, and pool ``python_likeness`` over prompt + sample. Returns the pooled dict plus "samples"."""
+    from .generate import generate
+    if not 0 < temperature <= 0.8:
+        raise ValueError(f"sample_python_likeness: temperature must be in (0, 0.8], got {temperature}")
+    device = next(model.parameters()).device
+    samples = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+        for seed in seeds:
+            out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                           eos_id=tokenizer.eos_id)[0].tolist()
+            if tokenizer.eos_id in out:
+                out = out[:out.index(tokenizer.eos_id)]
+            samples.append(tokenizer.decode(out, skip_special=True))
+    return {**pooled_python_likeness(samples), "samples": samples}
