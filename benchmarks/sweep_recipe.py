@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import lzma
 import os
 import platform
 import subprocess
@@ -28,7 +27,7 @@ import torch
 from dsv3_edu.config import get_config
 from dsv3_edu.flops import flops_per_token, matmul_peak
 from dsv3_edu.runtime import get_device, resolve_dtype
-from dsv3_edu.train import TrainConfig, evaluate, token_byte_lengths, train
+from dsv3_edu.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CANDIDATES: dict[str, tuple[str, dict, dict, int]] = {
     "tiny": ("tiny", {}, {}, 8192),                                        # today's default (MTP on)
     "tiny-nomtp": ("tiny", {"n_mtp": 0}, {}, 8192),
-    "tiny-nomtp-lr3e-3": ("tiny", {"n_mtp": 0}, {"lr": 3e-3}, 8192),
-    "nano-nomtp": ("nano", {"n_mtp": 0}, {"lr": 3e-3}, 8192),
-    "cpu-d128": ("cpu", {"n_mtp": 0}, {}, 8192),
-    "cpu-d128-mtp": ("cpu", {}, {}, 8192),
-    "cpu-d128-lr6e-3": ("cpu", {"n_mtp": 0}, {"lr": 6e-3}, 8192),
-    "cpu-d128-b32": ("cpu", {"n_mtp": 0}, {"batch_size": 32}, 8192),
-    "cpu-d128-v4096": ("cpu", {"n_mtp": 0, "vocab_size": 4096}, {}, 4096),
+    "cpu": ("cpu", {"n_mtp": 0}, {}, 8192),
+    "cpu-mtp": ("cpu", {}, {}, 8192),
+    "cpu-v4096": ("cpu", {"n_mtp": 0, "vocab_size": 4096}, {}, 4096),
+    "cpu-v2048": ("cpu", {"n_mtp": 0, "vocab_size": 2048}, {}, 2048),
+    "cpu-lr6e-3": ("cpu", {"n_mtp": 0}, {"lr": 6e-3}, 8192),
+    "cpu-b32": ("cpu", {"n_mtp": 0}, {"batch_size": 32}, 8192),
+    "nano": ("nano", {"n_mtp": 0}, {"lr": 3e-3}, 8192),
 }
 
 
@@ -61,17 +60,9 @@ def _git(*args) -> str | None:
 
 
 def dataset_for(vocab: int):
-    """The default corpus at ``vocab`` (built once per vocab size, cached), its byte table and xz baseline."""
+    """The default corpus tokenized at ``vocab`` (built once per vocab size, cached under data/build/)."""
     from dsv3_edu.data import build_dataset
-    kw = {} if vocab == 8192 else {"out_dir": ROOT / "data" / "build" / f"sweep-vocab{vocab}"}
-    built = build_dataset(vocab_size=vocab, progress=True, **kw)
-    ds = built.dataset()
-    if getattr(ds, "token_bytes", None) is None:
-        ds.token_bytes = token_byte_lengths(built.tokenizer)
-    if not getattr(ds, "compressors", None):          # data packages without the manifest baselines
-        text = built.tokenizer.decode(ds["val"].tolist(), skip_special=True).encode("utf-8")
-        ds.compressors = {"xz": 8 * len(lzma.compress(text, preset=9 | lzma.PRESET_EXTREME)) / len(text)}
-    return ds
+    return build_dataset(vocab_size=vocab, progress=True).dataset()
 
 
 def run(name: str, budget: float, eval_batches: int, seed: int, dtype: str) -> dict:
@@ -131,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice; 1 on a loaded machine, where "
+                   "OpenMP threads that wait for a busy core cost more than they bring)")
     p.add_argument("--out", default=str(ROOT / "results" / "sweep_recipe.json"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "recipe.md"))
     p.add_argument("--list", action="store_true")
@@ -144,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown candidates {bad}; see --list", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = get_device("auto")
     dtype = resolve_dtype(args.dtype, device)
     peak = matmul_peak(dtype, device)
@@ -158,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         print(json.dumps(r), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
+        mine = {r["name"] for r in rows}                 # other sweeps may write the same file: merge theirs in
+        theirs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+        rows = rows + [r for r in theirs if r["name"] not in mine and r.get("budget") == args.budget]
         cmd = "python benchmarks/sweep_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:])
         result = {"command": cmd.strip(),
                   "machine": machine(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),

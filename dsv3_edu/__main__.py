@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 
 def _train(args) -> int:
@@ -33,15 +34,15 @@ def _train(args) -> int:
     print(f"\nfinal validation loss {res.final_val_loss:.4f} nats/token  |  {speed}  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
     if "val_bpb" in ev:
-        base = ", ".join(f"{k} {ev[k]:.3f}" for k in ("xz", "bz2", "zlib") if k in ev)
-        print(f"validation {ev['val_bpb']:.3f} bits/byte" + (f" ({base})" if base else ""))
+        from .evaluate import format_bits_per_byte
+        print(format_bits_per_byte(ev["val_bpb"], ev))
     if "mtp_acceptance" in ev:
         print(f"MTP draft acceptance (teacher-forced, validation) {ev['mtp_acceptance']:.1%}")
     if res.out_dir:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
-        _print_samples(res.model, args.samples)
+        _print_samples(res.model, args.samples, res.out_dir)
     return 0
 
 
@@ -70,17 +71,27 @@ def _save_training_plots(res) -> list[str]:
     return ["loss.png", "expert_load.png"]
 
 
-def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
+def _print_samples(model, n: int, run_dir=None, prompts=("def ", "import ", "class ")) -> None:
     import torch
 
     from .data import load_tokenizer
     from .generate import generate
-    tok = load_tokenizer()
+    tok = load_tokenizer(_checkpoint_tokenizer(run_dir))
     device = next(model.parameters()).device
     for i, p in enumerate(prompts[:n]):
         ids = torch.tensor([tok.encode(p)], device=device)
         out = generate(model, ids, max_new_tokens=96, temperature=0.8, top_k=50, seed=i)
         print(f"\n--- sample {i + 1} (prompt {p!r}) ---\n{tok.decode(out[0].tolist())}")
+
+
+def _checkpoint_tokenizer(run_dir):
+    """The tokenizer.json saved with a run's checkpoint, or None (the packaged vocab-8192 one) if there is none."""
+    if run_dir is None:
+        return None
+    for p in (Path(run_dir) / "checkpoint" / "tokenizer.json", Path(run_dir) / "tokenizer.json"):
+        if p.is_file():
+            return p
+    return None
 
 
 def _generate(args) -> int:
@@ -94,7 +105,7 @@ def _generate(args) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    tok = load_tokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer or _checkpoint_tokenizer(args.ckpt))
     if args.fim_prefix is not None or args.fim_suffix is not None:
         ids = fim_prompt(tok, args.fim_prefix or "", args.fim_suffix or "")
     else:
@@ -153,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--speculative", choices=["mtp"], help="greedy speculative decoding with the MTP drafter")
     g.add_argument("--fim-prefix", help="code before the hole (fill-in-the-middle)")
     g.add_argument("--fim-suffix", help="code after the hole")
-    g.add_argument("--tokenizer", help="tokenizer.json (default: the committed one)")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's, else the packaged one)")
     g.add_argument("--device", help="cpu, cuda, mps (default cpu)")
     g.set_defaults(func=_generate)
 

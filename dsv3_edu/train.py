@@ -12,6 +12,7 @@ From Python (what the notebooks use)::
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .balance import balance_stats, reduce_loads, update_biases
 from .config import ModelConfig, get_config
+from .evaluate import bits_per_byte
 from .flops import flops_per_token, matmul_peak
 from .model import Transformer
 from .model.transformer import IGNORE_INDEX
@@ -142,29 +144,7 @@ def load_data(tc: TrainConfig, vocab_size: int):
     from .data import build_dataset
     kw = {} if tc.data_max_bytes is None else {"max_bytes": tc.data_max_bytes}
     built = build_dataset(source=tc.data_source, vocab_size=vocab_size, progress=False, **kw)
-    ds = built.dataset()
-    if getattr(ds, "token_bytes", None) is None:
-        ds.token_bytes = token_byte_lengths(built.tokenizer)
-    return ds, built.tokenizer
-
-
-def token_byte_lengths(tokenizer) -> torch.Tensor:
-    """(V,) int64: UTF-8 bytes of each token id (0 for special tokens). In a byte-level BPE each character of a
-    token's string stands for exactly one byte, so the bytes of a scored text are the sum over its tokens."""
-    special = set(tokenizer.special_ids.values())
-    return torch.tensor([0 if i in special else len(tokenizer.id_to_token(i)) for i in range(tokenizer.vocab_size)],
-                        dtype=torch.long)
-
-
-def _target_bytes(dataset, y: torch.Tensor) -> int | None:
-    """UTF-8 bytes of the real targets in ``y`` (None when the dataset does not know its tokens' bytes)."""
-    if hasattr(dataset, "target_bytes") and getattr(dataset, "token_bytes", None) is not None:
-        return dataset.target_bytes(y)
-    tb = getattr(dataset, "token_bytes", None)
-    if tb is None:
-        return None
-    y = y.detach().flatten().cpu()
-    return int(tb[y[y != IGNORE_INDEX]].sum())
+    return built.dataset(), built.tokenizer
 
 
 @torch.no_grad()
@@ -182,12 +162,16 @@ def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> dict:
     was_training = model.training
     model.eval()
     dtype = resolve_dtype(tc.dtype, device)
-    batches = dataset.sequential("val", tc.batch_size, tc.seq_len, device=device)
-    n = min(tc.eval_batches, batches.batches_per_epoch)
+    if getattr(dataset, "eos_id", None) is not None and getattr(dataset, "pad_id", None) is not None:
+        batches = dataset.eval_batches("val", tc.batch_size, tc.seq_len, device=device)   # whole documents
+        n = tc.eval_batches
+    else:                                                  # a bare TokenDataset (tests): plain windows, one pass
+        batches = dataset.sequential("val", tc.batch_size, tc.seq_len, device=device)
+        n = min(tc.eval_batches, batches.batches_per_epoch)
     with_mtp = model.cfg.n_mtp > 0
+    knows_bytes = getattr(dataset, "token_bytes", None) is not None
     sums, n_bytes = [], 0                                  # per batch: (nats, tokens, agree, draft positions)
-    for _ in range(n):
-        x, y = next(batches)
+    for x, y in itertools.islice(batches, n):
         with autocast(device, dtype):
             out = model(x, y, with_mtp=with_mtp)
         real = (y != IGNORE_INDEX).sum()
@@ -197,13 +181,12 @@ def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> dict:
             agree = (out.mtp_logits[0].argmax(-1) == out.logits[:, 1:].argmax(-1)) & keep
             row += [agree.sum().float(), keep.sum().float()]
         sums.append(torch.stack(row))
-        b = _target_bytes(dataset, y)
-        n_bytes = None if b is None or n_bytes is None else n_bytes + b
+        n_bytes += dataset.target_bytes(y) if knows_bytes else 0
     model.train(was_training)
     tot = torch.stack(sums).sum(0).tolist()                # one host sync
     metrics = {"val_loss": tot[0] / tot[1]}
     if n_bytes:
-        metrics["val_bpb"] = tot[0] / math.log(2) / n_bytes
+        metrics["val_bpb"] = bits_per_byte(tot[0], n_bytes)
         metrics.update({k: v for k, v in getattr(dataset, "compressors", {}).items() if k in ("xz", "bz2", "zlib")})
     if len(tot) == 4 and tot[3] > 0:
         metrics["mtp_acceptance"] = tot[2] / tot[3]
@@ -215,7 +198,7 @@ CKPT = "checkpoint"
 
 
 def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainConfig, batches,
-                    history: list[dict]) -> None:
+                    history: list[dict], tokenizer=None) -> None:
     """model.safetensors (weights + selection biases), config.json, train_config.json, train_state.pt
     (optimizer, step, data position, RNG). Written to a temp folder, then swapped in atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -223,6 +206,9 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"step": str(step)})
     model.cfg.save(tmp / "config.json")
+    if tokenizer is not None:                # the ids belong to it: generate reads it back (vocab sizes differ)
+        from .data import save_tokenizer
+        save_tokenizer(tokenizer, tmp)
     (tmp / "train_config.json").write_text(json.dumps(asdict(tc), indent=2) + "\n")
     torch.save({"step": step, "optimizer": opt.state_dict(), "data": batches.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": history}, tmp / "train_state.pt")
@@ -267,8 +253,9 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
         raise ValueError(f"seq_len {tc.seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
     device = get_device(tc.device)
     seed_everything(tc.seed)
+    tokenizer = None
     if dataset is None:
-        dataset, _ = load_data(tc, cfg.vocab_size)
+        dataset, tokenizer = load_data(tc, cfg.vocab_size)
     model = Transformer(cfg).to(device)
     opt = make_optimizer(model, tc)
     batches = dataset.random("train", tc.batch_size, tc.seq_len, seed=tc.seed, device=device)
@@ -304,7 +291,7 @@ def train(tc: TrainConfig, dataset=None, resume: str | Path | None = None, progr
                 log.write(row, history, bar)
             if out_dir and (done % tc.save_every == 0 or done == last):
                 log.check_finite()                                      # never save a diverged model
-                save_checkpoint(out_dir / CKPT, model, opt, done, tc, batches, history)
+                save_checkpoint(out_dir / CKPT, model, opt, done, tc, batches, history, tokenizer)
         log.check_finite()
     finally:
         log.close()
