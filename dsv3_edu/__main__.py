@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train a model (default: the tiny preset on the stdlib corpus)")
+    t = sub.add_parser("train", help="train a model (default: the cpu preset on the stdlib corpus, docs/recipe.md)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         if f.name in ("model_overrides",):
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="generate from a checkpoint")
-    g.add_argument("--ckpt", default="runs/tiny", help="run folder or checkpoint folder")
+    g.add_argument("--ckpt", default="runs/default", help="run folder or checkpoint folder")
     g.add_argument("--prompt", default="def ")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.8)

@@ -1,8 +1,8 @@
 """The trainer: AdamW, warmup + cosine, gradient clipping, the aux-loss-free bias update every step, MTP,
 safetensors checkpoints with exact resume and JSONL metrics (the command line draws the plots).
 
-    python -m dsv3_edu train --preset tiny --steps 300        # the default run, minutes on a laptop CPU
-    python -m dsv3_edu train --resume runs/tiny               # continue the same run exactly
+    python -m dsv3_edu train                                  # the default run (docs/recipe.md): preset cpu
+    python -m dsv3_edu train --resume runs/default            # continue the same run exactly
 
 From Python (what the notebooks use)::
 
@@ -33,9 +33,9 @@ from .runtime import DTYPES, autocast, get_device, resolve_dtype, seed_everythin
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"                  # model preset or config JSON path
+    preset: str = "cpu"                   # model preset or config JSON path (the default recipe: docs/recipe.md)
     model_overrides: dict = field(default_factory=dict)   # e.g. {"n_mtp": 0, "balance": "aux_loss"}
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 16
     seq_len: int = 128
     grad_accum: int = 1
@@ -46,7 +46,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    eval_every: int = 100
+    eval_every: int = 200
     eval_batches: int = 8
     log_every: int = 10
     save_every: int = 200
@@ -55,7 +55,7 @@ class TrainConfig:
     dtype: str = "auto"                   # auto: bf16 autocast (fp32 master weights) where the hardware computes
                                           # bf16 natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32; or fp32, bf16
     mfu: bool = True                      # measure this machine's matmul peak at the start (seconds) and log MFU
-    out_dir: str | None = "runs/tiny"     # None: no files (notebooks' quick experiments)
+    out_dir: str | None = "runs/default"  # None: no files (notebooks' quick experiments)
     data_source: str | None = None        # None: the default Python-stdlib corpus; else a file or folder
     data_max_bytes: int | None = None     # cap for the default corpus (None: the data package default)
     plots: bool = True                    # the command line writes loss.png and expert_load.png to out_dir
@@ -224,7 +224,7 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """A trained model from a run folder (``runs/tiny``) or its checkpoint folder."""
+    """A trained model from a run folder (``runs/default``) or its checkpoint folder."""
     path = Path(path)
     if (path / CKPT).is_dir():
         path = path / CKPT
