@@ -72,7 +72,7 @@ def run(name: str, budget: float, eval_batches: int, seed: int, dtype: str) -> d
                      eval_batches=eval_batches, log_every=10, **to)
     fpt = flops_per_token(cfg, tc.seq_len)["total"]
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-    tc.steps = max(20, round(budget / (fpt * tokens_per_step)))
+    tc.steps = max(20, round(budget / (fpt * tokens_per_step)))     # at least 20: the TFLOPs column shows it
     tc.warmup_steps = max(5, min(tc.warmup_steps, tc.steps // 10))
     tc.eval_every = tc.steps
     ds = dataset_for(vocab)
@@ -89,17 +89,19 @@ def run(name: str, budget: float, eval_batches: int, seed: int, dtype: str) -> d
     return row
 
 
-def table(rows: list[dict], peak: float | None) -> str:
-    head = ("| candidate | vocab | params | MTP | lr | batch x seq | GFLOP/token | tokens | val loss (nats) | "
-            "val bits/byte | / xz | MTP accept | tokens/s | MFU |")
+def table(rows: list[dict]) -> str:
+    """Best bits/byte first. tokens/s and achieved GFLOP/s depend on the machine's load when each ran."""
+    head = ("| candidate | vocab | params | MTP | lr | batch x seq | GFLOP/token | tokens | TFLOPs | val loss (nats) | "
+            "val bits/byte | / xz | MTP accept | tokens/s | GFLOP/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(rows, key=lambda r: r["val_bpb"] or 9):
-        mfu = f"{r['tokens_per_s'] * r['flops_per_token'] / peak:.0%}" if peak else "-"
+        gflops = f"{r['tokens_per_s'] * r['flops_per_token'] / 1e9:.2f}"
         acc = f"{r['mtp_acceptance']:.1%}" if r.get("mtp_acceptance") is not None else "-"
         lines.append(f"| {r['name']} | {r['vocab_size']} | {r['params'] / 1e6:.2f}M | {r['n_mtp']} | {r['lr']:g} | "
                      f"{r['batch_size']} x {r['seq_len']} | {r['flops_per_token'] / 1e9:.4f} | {r['tokens']:,} | "
+                     f"{r['tokens'] * r['flops_per_token'] / 1e12:.2f} | "
                      f"{r['val_loss']:.3f} | {r['val_bpb']:.3f} | {r['bpb_vs_xz']:.2f} | {acc} | "
-                     f"{r['tokens_per_s']:,.0f} | {mfu} |")
+                     f"{r['tokens_per_s']:,.0f} | {gflops} |")
     return "\n".join(lines)
 
 
@@ -115,6 +117,17 @@ def write_doc(path: Path, text: str) -> None:
     path.write_text(f"{pre}{BEGIN}\n{text}\n{END}{post}")
 
 
+def doc_text(result: dict, out: Path) -> str:
+    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    lines = [f"Budget {result['budget_flops']:.1e} model FLOPs per candidate, {result['dtype']}, "
+             f"written to `{where}` by:", ""]
+    for x in result.get("sweeps", []):
+        load = ", ".join(f"{v:.1f}" for v in x["machine"]["loadavg_at_start"] or [])
+        lines.append(f"* `{x['command']}` ({x['machine']['threads']} thread(s), load average at start {load}, "
+                     f"matmul peak then {x['matmul_peak_flops'] / 1e9:.1f} GFLOP/s)")
+    return "\n".join(lines) + "\n\n" + table(result["runs"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=1e12, help="model FLOPs per candidate (default 1e12)")
@@ -127,10 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "sweep_recipe.json"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "recipe.md"))
     p.add_argument("--list", action="store_true")
+    p.add_argument("--table-only", action="store_true", help="rewrite the docs table from --out, train nothing")
     args = p.parse_args(argv)
     if args.list:
         for k, v in CANDIDATES.items():
             print(f"{k:>20}: preset {v[0]}, model {v[1]}, train {v[2]}, vocab {v[3]}")
+        return 0
+    out = Path(args.out)
+    if args.table_only:
+        write_doc(Path(args.doc), doc_text(json.loads(out.read_text()), out))
         return 0
     names = args.only or list(CANDIDATES)
     bad = sorted(set(names) - set(CANDIDATES))
@@ -141,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = get_device("auto")
     dtype = resolve_dtype(args.dtype, device)
-    peak = matmul_peak(dtype, device)
-    out = Path(args.out)
+    peak, mach = matmul_peak(dtype, device), machine()
     prev = json.loads(out.read_text()) if out.exists() else {"runs": []}
     rows = [r for r in prev.get("runs", []) if r["name"] not in names and r.get("budget") == args.budget]
     t0 = time.perf_counter()
@@ -156,16 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         mine = {r["name"] for r in rows}                 # other sweeps may write the same file: merge theirs in
         theirs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
         rows = rows + [r for r in theirs if r["name"] not in mine and r.get("budget") == args.budget]
-        cmd = "python benchmarks/sweep_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        result = {"command": cmd.strip(),
-                  "machine": machine(), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                  "matmul_peak_flops": peak, "budget_flops": args.budget, "wall_s": time.perf_counter() - t0,
+        cmd = ("python benchmarks/sweep_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+        info = {"command": cmd, "machine": mach, "device": str(device), "matmul_peak_flops": peak,
+                "wall_s": time.perf_counter() - t0}
+        old = json.loads(out.read_text()) if out.exists() else {}
+        sweeps = [x for x in old.get("sweeps", []) if x["command"] != cmd] + [info]
+        result = {"budget_flops": args.budget, "dtype": str(dtype).replace("torch.", ""), "sweeps": sweeps,
                   "runs": rows}
         out.write_text(json.dumps(result, indent=1) + "\n")
-        write_doc(Path(args.doc), f"Budget {args.budget:.1e} model FLOPs per candidate, seed {args.seed}, "
-                  f"{str(dtype).replace('torch.', '')} on {device}, matmul peak {peak / 1e9:.1f} GFLOP/s "
-                  f"(load average at start {result['machine']['loadavg_at_start']}); `{result['command']}` "
-                  f"-> `{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}`.\n\n" + table(rows, peak))
+        write_doc(Path(args.doc), doc_text(result, out))
     return 0
 
 
