@@ -122,9 +122,11 @@ def doc_text(result: dict, out: Path) -> str:
     lines = [f"Budget {result['budget_flops']:.1e} model FLOPs per candidate, {result['dtype']}, "
              f"written to `{where}` by:", ""]
     for x in result.get("sweeps", []):
-        load = ", ".join(f"{v:.1f}" for v in x["machine"]["loadavg_at_start"] or [])
-        lines.append(f"* `{x['command']}` ({x['machine']['threads']} thread(s), load average at start {load}, "
-                     f"matmul peak then {x['matmul_peak_flops'] / 1e9:.1f} GFLOP/s)")
+        m = x.get("machine") or {}
+        load = ", ".join(f"{v:.1f}" for v in m.get("loadavg_at_start") or []) or "not recorded"
+        peak = f"{x['matmul_peak_flops'] / 1e9:.1f} GFLOP/s" if x.get("matmul_peak_flops") else "not recorded"
+        lines.append(f"* `{x['command']}` ({m.get('threads', '?')} thread(s), load average at start {load}, "
+                     f"matmul peak then {peak}){' ' + x['note'] if x.get('note') else ''}")
     return "\n".join(lines) + "\n\n" + table(result["runs"])
 
 

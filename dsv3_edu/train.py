@@ -46,7 +46,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    eval_every: int = 200
+    eval_every: int = 100
     eval_batches: int = 8
     log_every: int = 10
     save_every: int = 200

@@ -85,3 +85,11 @@ def test_forced_bf16_trains_on_any_cpu(dataset):
                 model_cfg=ModelConfig(**TOY_MODEL))
     assert res.dtype == "bf16" and math.isfinite(res.final_val_loss)
     assert all(p.dtype == torch.float32 for p in res.model.parameters())
+
+
+def test_gpu_recipe_only_on_cuda():
+    from dsv3_edu.train import GPU_RECIPE, recipe_for
+    assert recipe_for(torch.device("cpu")) == ("CPU", {})
+    name, recipe = recipe_for(torch.device("cuda"))
+    assert name == "GPU" and recipe == GPU_RECIPE and recipe["preset"] == "small"
+    TrainConfig(**recipe).validate()
