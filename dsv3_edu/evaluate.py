@@ -3,7 +3,7 @@
 - Bits per byte: ``summed next-token loss (nats) / ln 2 / UTF-8 bytes`` of the text scored. Unlike loss per
   token it does not depend on the tokenizer, so it compares across vocab sizes and against general-purpose
   compressors (xz, bz2, zlib bits/byte of the same validation text, kept in the data manifest).
-- Python-likeness of samples: the share of complete top-level statements that ``ast.parse`` accepts, for
+- Python-likeness of samples: the share of complete top-level statements that Python compiles, for
   samples drawn with fixed prompts and seeds, next to the same measure on real held-out code (the ceiling).
 - MTP draft acceptance, teacher-forced: how often the MTP module's guess for token t+2 equals the main
   model's own guess at the next position, which is what speculative decoding with the MTP drafter accepts.
@@ -17,9 +17,10 @@ loss counts, so the figure is if anything pessimistic).
 """
 from __future__ import annotations
 
-import ast
+import codeop
 import contextlib
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -141,23 +142,40 @@ def top_level_statements(text: str) -> list[str]:
     return ["\n".join(b) + "\n" for b in blocks]
 
 
-def python_likeness(text: str, drop_last: bool = True) -> dict:
-    """Share of the top-level statements of ``text`` that ``ast.parse`` accepts.
+def _status(source: str) -> str:
+    """"ok" when ``source`` compiles, "incomplete" when it could still become valid (an open bracket or
+    string, a block header without its body), else "error" (``codeop``, as the interactive interpreter)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # e.g. SyntaxWarning for an invalid escape sequence
+        try:
+            return "incomplete" if codeop.compile_command(source, "<sample>", "exec") is None else "ok"
+        except (SyntaxError, ValueError, OverflowError):
+            return "error"
 
-    drop_last: leave out the last block, which a sample cut at a token budget usually ends mid-way.
-    Blocks that are only comments or blank do not count. Returns {"share", "parsed", "statements"}.
+
+def python_likeness(text: str, drop_last: bool = True) -> dict:
+    """Share of the complete top-level statements of ``text`` that Python accepts.
+
+    The text is cut at ``top_level_statements``; a block that is *incomplete* (a column-0 line inside a
+    docstring, say) is joined with the next ones until the whole compiles or fails. Each such statement
+    counts once, parsed or not. drop_last: leave out the last statement, which a sample cut at a token
+    budget usually ends mid-way (an unfinished one at the end never counts as parsed). Blocks of only
+    comments do not count. Returns {"share", "parsed", "statements"}.
     """
     blocks = [b for b in top_level_statements(text) if b.strip() and not b.lstrip().startswith("#")]
-    if drop_last:
-        blocks = blocks[:-1]
-    ok = 0
+    statuses, buf = [], ""
     for b in blocks:
-        try:
-            ast.parse(b)
-            ok += 1
-        except (SyntaxError, ValueError):  # ValueError: a NUL byte in the text
-            pass
-    return {"share": ok / len(blocks) if blocks else 0.0, "parsed": ok, "statements": len(blocks)}
+        buf += b
+        status = _status(buf)
+        if status != "incomplete":
+            statuses.append(status)
+            buf = ""
+    if buf:
+        statuses.append("error")                  # unfinished at the end of the text
+    if drop_last:
+        statuses = statuses[:-1]
+    ok = statuses.count("ok")
+    return {"share": ok / len(statuses) if statuses else 0.0, "parsed": ok, "statements": len(statuses)}
 
 
 def pooled_python_likeness(texts, drop_last: bool = True) -> dict:

@@ -664,3 +664,15 @@ def test_data_modules_import_no_cycle():
     def reaches(a, b, seen=()):
         return any(d == b or (d not in seen and reaches(d, b, (*seen, d))) for d in graph.get(a, ()))
     assert not [m for m in graph if reaches(m, m)]
+
+
+def test_stats_summary_shows_rule_dropped_files_and_compressors(text_dir, tmp_path):
+    from dsv3_edu.data.__main__ import manifest_summary
+    built = build_dataset(source=text_dir, out_dir=tmp_path / "b", fim_rate=0.0, val_fraction=0.2, progress=False)
+    s = manifest_summary(built.manifest)
+    assert s["corpus"]["rule"] == built.manifest["corpus"]["rule"] and s["corpus"]["files"] == 20
+    assert set(s["val_bits_per_byte_of_compressors"]) == {"xz", "bz2", "zlib"}
+    assert s["dropped_files"] == 0 and "names" not in s["splits"]["val"]
+    m = dict(built.manifest, corpus={**built.manifest["corpus"], "dropped_files": 1, "dropped": {"t.py": "why"}})
+    assert manifest_summary(m)["dropped"] == {"t.py": "why"}
+    json.dumps(s)  # printable as JSON

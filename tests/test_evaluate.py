@@ -150,6 +150,11 @@ def test_python_likeness_of_hand_made_texts():
     # blocks: def f(: (bad), x = = 2 (bad), print('ok') (ok), import (bad), last = 1 (dropped: last)
     assert python_likeness(bad) == {"share": 0.25, "parsed": 1, "statements": 4}
     assert python_likeness("")["share"] == 0.0
+    # a column-0 line inside a string starts a block that is incomplete: joined until the statement compiles
+    doc = 'x = """\ncolumn-0 text\n"""\ny = 2\nz = 3\n'
+    assert python_likeness(doc) == {"share": 1.0, "parsed": 2, "statements": 2}
+    # an unfinished statement at the end is never counted as parsed
+    assert python_likeness("x = 1\ny = f(\n", drop_last=False) == {"share": 0.5, "parsed": 1, "statements": 2}
     pooled = pooled_python_likeness([GOOD, bad])
     assert pooled == {"share": 5 / 8, "parsed": 5, "statements": 8}
 
