@@ -35,7 +35,7 @@ from .runtime import DTYPES, autocast, get_device, resolve_dtype, seed_everythin
 class TrainConfig:
     preset: str = "cpu"                   # model preset or config JSON path (the default recipe: docs/recipe.md)
     model_overrides: dict = field(default_factory=dict)   # e.g. {"n_mtp": 0, "balance": "aux_loss"}
-    steps: int = 800
+    steps: int = 500
     batch_size: int = 16
     seq_len: int = 128
     grad_accum: int = 1
