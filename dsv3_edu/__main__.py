@@ -18,8 +18,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
-    tc = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                        if getattr(args, f.name, None) is not None and f.name != "model_overrides"})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None and f.name != "model_overrides"}
+    try:
+        recipe = {} if args.resume else _announce_recipe(given)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tc = TrainConfig(**{**recipe, **given})
     try:
         for f in fields(TrainConfig):            # a NaN slips through argparse's float() and most range checks
             v = getattr(args, f.name, None)
@@ -37,13 +43,23 @@ def _train(args) -> int:
         return 1
     if os.environ.get("RANK", "0") != "0":     # torchrun: rank 0 reports, draws and samples
         return 0
-    print(f"\nfinal validation loss {res.final_val_loss:.4f}  |  {res.tokens_per_s:,.0f} tokens/s  |  "
+    ev = res.final_eval
+    speed = f"{res.tokens_per_s:,.0f} tokens/s"
+    if res.mfu is not None:
+        speed += (f", {res.tokens_per_s * res.flops_per_token / 1e9:,.1f} GFLOP/s = {res.mfu:.0%} MFU "
+                  f"(vs a {res.peak_flops / 1e9:,.1f} GFLOP/s {res.dtype} matmul peak)")
+    print(f"\nfinal validation loss {res.final_val_loss:.4f} nats/token  |  {speed}  |  "
           f"{res.model.num_params() / 1e6:.2f}M parameters")
+    if "val_bpb" in ev:
+        from .evaluate import format_bits_per_byte
+        print(format_bits_per_byte(ev["val_bpb"], ev))
+    if "mtp_acceptance" in ev:
+        print(f"MTP draft acceptance (teacher-forced, validation) {ev['mtp_acceptance']:.1%}")
     if res.out_dir:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
-        _print_samples(res.model, args.samples)
+        _print_samples(res.model, args.samples, res.out_dir)
     return 0
 
 
@@ -59,6 +75,21 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
+def _announce_recipe(given: dict) -> dict:
+    """The device's default recipe for the fields not given on the command line, printed in one line."""
+    from .runtime import get_device, resolve_dtype
+    from .train import TrainConfig, recipe_for
+    device = get_device(given.get("device", "auto"))
+    name, recipe = recipe_for(device)
+    recipe = {k: v for k, v in recipe.items() if k not in given}
+    tc = TrainConfig(**{**recipe, **given})
+    dtype = str(resolve_dtype(tc.dtype, device)).replace("torch.", "")
+    where = device.type + (f" ({__import__('torch').cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    print(f"recipe: {name} default on {where}: preset {tc.preset}, batch {tc.batch_size} x seq {tc.seq_len}, "
+          f"{tc.steps} steps, lr {tc.lr:g}, {dtype} (--dtype {tc.dtype}); any flag overrides it")
+    return recipe
+
+
 def _save_training_plots(res) -> list[str]:
     """loss.png and expert_load.png in the run folder (the library draws, the command line writes files)."""
     from .viz.training import plot_expert_load, plot_loss_curves
@@ -69,17 +100,27 @@ def _save_training_plots(res) -> list[str]:
     return ["loss.png", "expert_load.png"]
 
 
-def _print_samples(model, n: int, prompts=("def ", "import ", "class ")) -> None:
+def _print_samples(model, n: int, run_dir=None, prompts=("def ", "import ", "class ")) -> None:
     import torch
 
     from .data import load_tokenizer
     from .generate import generate
-    tok = load_tokenizer()
+    tok = load_tokenizer(_checkpoint_tokenizer(run_dir))
     device = next(model.parameters()).device
     for i, p in enumerate(prompts[:n]):
         ids = torch.tensor([tok.encode(p)], device=device)
         out = generate(model, ids, max_new_tokens=96, temperature=0.8, top_k=50, seed=i)
         print(f"\n--- sample {i + 1} (prompt {p!r}) ---\n{tok.decode(out[0].tolist())}")
+
+
+def _checkpoint_tokenizer(run_dir):
+    """The tokenizer.json saved with a run's checkpoint, or None (the packaged vocab-8192 one) if there is none."""
+    if run_dir is None:
+        return None
+    for p in (Path(run_dir) / "checkpoint" / "tokenizer.json", Path(run_dir) / "tokenizer.json"):
+        if p.is_file():
+            return p
+    return None
 
 
 def _generate(args) -> int:
@@ -94,17 +135,18 @@ def _generate(args) -> int:
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
         model = load_model(args.ckpt, get_device(args.device or "cpu"))
-        tok = _load_tokenizer_arg(load_tokenizer, args.tokenizer)
+        tok = _load_tokenizer_arg(load_tokenizer, args.tokenizer, args.ckpt)
         return _generate_with(args, model, tok)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
-def _load_tokenizer_arg(load_tokenizer, path):
-    """load_tokenizer(path), with errors that name the --tokenizer argument."""
+def _load_tokenizer_arg(load_tokenizer, path, ckpt):
+    """load_tokenizer(path), with errors that name the --tokenizer argument; without one, the tokenizer saved with
+    the checkpoint (the packaged vocab-8192 one for checkpoints that carry none)."""
     if path is None:
-        return load_tokenizer()
+        return load_tokenizer(_checkpoint_tokenizer(ckpt))
     if not Path(path).is_file():
         raise FileNotFoundError(f"--tokenizer {path}: no such file")
     try:
@@ -145,7 +187,7 @@ def _generate_with(args, model, tok) -> int:
 
 
 TRAIN_HELP = {   # one line per TrainConfig field: what `python -m dsv3_edu train --help` says about it
-    "preset": "model preset (nano, tiny, small) or a config JSON path",
+    "preset": "model preset (nano, cpu, tiny, small) or a config JSON path",
     "steps": "optimizer steps",
     "batch_size": "sequences per micro-batch",
     "seq_len": "tokens per sequence",
@@ -163,7 +205,9 @@ TRAIN_HELP = {   # one line per TrainConfig field: what `python -m dsv3_edu trai
     "save_every": "save a checkpoint every this many steps",
     "seed": "random seed (weights, data order)",
     "device": "auto (CUDA, then MPS, then CPU), cpu, cuda or mps",
-    "bf16": "bf16 autocast on CUDA (ignored on CPU)",
+    "dtype": "auto: bf16 autocast with fp32 master weights where the hardware computes bf16 natively (CUDA, CPUs "
+             "with AVX512-BF16 or AMX), fp32 elsewhere; fp32 or bf16 force either",
+    "mfu": "measure this machine's matmul peak at the start and log model FLOP/s and MFU",
     "out_dir": "run folder: checkpoint, metrics.jsonl, plots",
     "data_source": "a text file or folder to train on (default: the Python standard library's sources)",
     "data_max_bytes": "cap on the corpus size in bytes (default: the data package's)",
@@ -176,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    t = sub.add_parser("train", help="train a model (default: the tiny preset on the stdlib corpus)")
+    t = sub.add_parser("train", help="train a model (default: the cpu preset on the stdlib corpus, docs/recipe.md)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         if f.name in ("model_overrides", "world_size"):     # world_size: set by torchrun, recorded only
@@ -196,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="generate from a checkpoint")
-    g.add_argument("--ckpt", default="runs/tiny", help="run folder or checkpoint folder")
+    g.add_argument("--ckpt", default="runs/default", help="run folder or checkpoint folder")
     g.add_argument("--prompt", default="def ", help="text to continue (default: %(default)r)")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=0.8,
@@ -208,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--speculative", choices=["mtp"], help="greedy speculative decoding with the MTP drafter")
     g.add_argument("--fim-prefix", help="code before the hole (fill-in-the-middle)")
     g.add_argument("--fim-suffix", help="code after the hole")
-    g.add_argument("--tokenizer", help="tokenizer.json (default: the committed one)")
+    g.add_argument("--tokenizer", help="tokenizer.json (default: the checkpoint's, else the packaged one)")
     g.add_argument("--device", help="cpu, cuda, mps (default cpu)")
     g.set_defaults(func=_generate)
 

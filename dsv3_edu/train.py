@@ -1,8 +1,8 @@
 """The trainer: AdamW, warmup + cosine, gradient clipping, the aux-loss-free bias update every step, MTP,
 safetensors checkpoints with exact resume and JSONL metrics (the command line draws the plots).
 
-    python -m dsv3_edu train --preset tiny --steps 300        # the default run, minutes on a laptop CPU
-    python -m dsv3_edu train --resume runs/tiny               # continue the same run exactly
+    python -m dsv3_edu train                                  # the default run (docs/recipe.md): preset cpu
+    python -m dsv3_edu train --resume runs/default            # continue the same run exactly
 
 From Python (what the notebooks use)::
 
@@ -12,6 +12,7 @@ From Python (what the notebooks use)::
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -24,15 +25,18 @@ from safetensors.torch import load_file, save_file
 from . import distributed
 from .balance import balance_stats, reduce_loads, update_biases
 from .config import ModelConfig, get_config
+from .evaluate import bits_per_byte
+from .flops import flops_per_token, matmul_peak
 from .model import Transformer
-from .runtime import autocast, get_device, seed_everything
+from .model.transformer import IGNORE_INDEX
+from .runtime import DTYPES, autocast, get_device, resolve_dtype, seed_everything
 
 
 @dataclass
 class TrainConfig:
-    preset: str = "tiny"                  # model preset or config JSON path
+    preset: str = "cpu"                   # model preset or config JSON path (the default recipe: docs/recipe.md)
     model_overrides: dict = field(default_factory=dict)   # e.g. {"n_mtp": 0, "balance": "aux_loss"}
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 16
     seq_len: int = 128
     grad_accum: int = 1
@@ -49,8 +53,10 @@ class TrainConfig:
     save_every: int = 200
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True                     # bf16 autocast where the hardware has it (CUDA); ignored on CPU
-    out_dir: str | None = "runs/tiny"     # None: no files (notebooks' quick experiments)
+    dtype: str = "auto"                   # auto: bf16 autocast (fp32 master weights) where the hardware computes
+                                          # bf16 natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32; or fp32, bf16
+    mfu: bool = True                      # measure this machine's matmul peak at the start (seconds) and log MFU
+    out_dir: str | None = "runs/default"  # None: no files (notebooks' quick experiments)
     data_source: str | None = None        # None: the default Python-stdlib corpus; else a file or folder
     data_max_bytes: int | None = None     # cap for the default corpus (None: the data package default)
     plots: bool = True                    # the command line writes loss.png and expert_load.png to out_dir
@@ -64,17 +70,35 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def model_config(self) -> ModelConfig:
         return get_config(self.preset, **self.model_overrides)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if "bf16" in d:      # run folders written before ``dtype``: bf16=True meant "where the hardware has it"
+            d = dict(d)
+            d.setdefault("dtype", "auto" if d.pop("bf16") else "fp32")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"TrainConfig: unknown fields {unknown}; known fields are {sorted(known)}")
         return cls(**d)
+
+
+# The default command's recipe per device kind: TrainConfig's defaults are the CPU recipe (docs/recipe.md);
+# on CUDA the command line swaps in a GPU-sized one for the fields the user did not set, and says so.
+GPU_RECIPE = {"preset": "small", "batch_size": 32, "seq_len": 512, "steps": 2000, "lr": 1.5e-3, "warmup_steps": 100,
+              "eval_every": 250, "save_every": 500, "log_every": 25}
+
+
+def recipe_for(device: torch.device) -> tuple[str, dict]:
+    """(name, TrainConfig fields) of the default run on ``device``: the GPU recipe on CUDA, else the CPU one."""
+    if device.type == "cuda":
+        return "GPU", dict(GPU_RECIPE)
+    return "CPU", {}
 
 
 class TrainingDiverged(RuntimeError):
@@ -89,6 +113,15 @@ class TrainResult:
     tokens_per_s: float
     out_dir: Path | None
     expert_loads: list[torch.Tensor]      # tokens per expert per MoE gate in the last step (model.gates() order)
+    final_eval: dict = field(default_factory=dict)   # the last evaluation: val_loss, val_bpb, xz, ..., mtp_acceptance
+    dtype: str = "fp32"                   # what the run computed in ("bf16" = bf16 autocast, fp32 master weights)
+    flops_per_token: float = 0.0          # training FLOPs per token (dsv3_edu.flops)
+    peak_flops: float | None = None       # the measured matmul peak in that dtype (None: not measured)
+
+    @property
+    def mfu(self) -> float | None:
+        """Whole-run model FLOPs utilisation (evaluation and checkpoint time included in the denominator)."""
+        return self.tokens_per_s * self.flops_per_token / self.peak_flops if self.peak_flops else None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -119,19 +152,47 @@ def load_data(tc: TrainConfig, vocab_size: int):
 @torch.no_grad()
 def evaluate(model: Transformer, dataset, tc: TrainConfig, device) -> dict:
     """Validation metrics over the first ``eval_batches`` validation batches (always the same ones), as a dict
-    of Python numbers that goes into the metrics row: ``val_loss`` = mean next-token (main) loss."""
+    of Python numbers that goes into the metrics row:
+
+    * ``val_loss``: mean next-token (main) loss, nats per token;
+    * ``val_bpb``: bits per byte, the summed loss / ln 2 / UTF-8 bytes of the tokens scored (when the dataset
+      knows its tokens' bytes), next to the dataset's compressor baselines ``xz``, ``bz2``, ``zlib`` (bits/byte
+      of the whole validation text, from the data manifest) when known;
+    * ``mtp_acceptance`` (models with MTP): teacher-forced draft acceptance, how often the depth-1 MTP guess
+      for t+2 equals the main model's own guess one position later, what speculative decoding accepts.
+    """
     was_training = model.training
     model.eval()
-    batches = dataset.sequential("val", tc.batch_size, tc.seq_len, device=device)
-    n = min(tc.eval_batches, batches.batches_per_epoch)
-    losses = []
-    for _ in range(n):
-        x, y = next(batches)
-        with autocast(device, tc.bf16):
-            losses.append(model(x, y).main_loss.float())
+    dtype = resolve_dtype(tc.dtype, device)
+    if getattr(dataset, "eos_id", None) is not None and getattr(dataset, "pad_id", None) is not None:
+        batches = dataset.eval_batches("val", tc.batch_size, tc.seq_len, device=device)   # whole documents
+        n = tc.eval_batches
+    else:                                                  # a bare TokenDataset (tests): plain windows, one pass
+        batches = dataset.sequential("val", tc.batch_size, tc.seq_len, device=device)
+        n = min(tc.eval_batches, batches.batches_per_epoch)
+    with_mtp = model.cfg.n_mtp > 0
+    knows_bytes = getattr(dataset, "token_bytes", None) is not None
+    sums, n_bytes = [], 0                                  # per batch: (nats, tokens, agree, draft positions)
+    for x, y in itertools.islice(batches, n):
+        with autocast(device, dtype):
+            out = model(x, y, with_mtp=with_mtp)
+        real = (y != IGNORE_INDEX).sum()
+        row = [out.main_loss.float() * real, real.float()]
+        if with_mtp and out.mtp_logits:
+            keep = y[:, 1:] != IGNORE_INDEX                                    # t_{i+2} is real text
+            agree = (out.mtp_logits[0].argmax(-1) == out.logits[:, 1:].argmax(-1)) & keep
+            row += [agree.sum().float(), keep.sum().float()]
+        sums.append(torch.stack(row))
+        n_bytes += dataset.target_bytes(y) if knows_bytes else 0
     model.train(was_training)
-    losses = torch.stack(losses).tolist()                  # one host sync
-    return {"val_loss": sum(losses) / len(losses)}
+    tot = torch.stack(sums).sum(0).tolist()                # one host sync
+    metrics = {"val_loss": tot[0] / tot[1]}
+    if n_bytes:
+        metrics["val_bpb"] = bits_per_byte(tot[0], n_bytes)
+        metrics.update({k: v for k, v in getattr(dataset, "compressors", {}).items() if k in ("xz", "bz2", "zlib")})
+    if len(tot) == 4 and tot[3] > 0:
+        metrics["mtp_acceptance"] = tot[2] / tot[3]
+    return metrics
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -139,7 +200,7 @@ CKPT = "checkpoint"
 
 
 def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainConfig, batches,
-                    history: list[dict]) -> None:
+                    history: list[dict], tokenizer=None) -> None:
     """model.safetensors (weights + selection biases), config.json, train_config.json, train_state.pt
     (optimizer, step, data position, RNG). Written to a temp folder, then swapped in atomically."""
     tmp = path.with_name(path.name + ".tmp")
@@ -147,6 +208,9 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"step": str(step)})
     model.cfg.save(tmp / "config.json")
+    if tokenizer is not None:                # the ids belong to it: generate reads it back (vocab sizes differ)
+        from .data import save_tokenizer
+        save_tokenizer(tokenizer, tmp)
     (tmp / "train_config.json").write_text(json.dumps(asdict(tc), indent=2) + "\n")
     torch.save({"step": step, "optimizer": opt.state_dict(), "data": batches.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": history}, tmp / "train_state.pt")
@@ -162,7 +226,7 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """A trained model from a run folder (``runs/tiny``) or its checkpoint folder.
+    """A trained model from a run folder (``runs/default``) or its checkpoint folder.
 
     Bad checkpoints fail with one line naming the file: missing, corrupt or truncated, weights that do not fit
     config.json (another model's), or weights holding NaN / inf."""
@@ -230,8 +294,9 @@ def _train(tc: TrainConfig, env: distributed.DistEnv, rank_device, dataset, resu
     distributed.check_global_batch(tc.batch_size, env.world_size)
     device = rank_device or get_device(tc.device)
     seed_everything(tc.seed)
+    tokenizer = None
     if dataset is None:
-        dataset, _ = load_data(tc, cfg.vocab_size)
+        dataset, tokenizer = load_data(tc, cfg.vocab_size)
     model = Transformer(cfg).to(device)
     opt = make_optimizer(model, tc)
     batches = dataset.random("train", tc.batch_size, tc.seq_len, seed=tc.seed, device=device)
@@ -246,10 +311,13 @@ def _train(tc: TrainConfig, env: distributed.DistEnv, rank_device, dataset, resu
         out_dir.mkdir(parents=True, exist_ok=True)
     gamma = cfg.bias_update_speed if cfg.balance == "aux_free" else 0.0
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+    dtype = resolve_dtype(tc.dtype, device)
+    fpt = flops_per_token(cfg, tc.seq_len)["total"]
+    peak = matmul_peak(dtype, device) if tc.mfu else None
 
     last = tc.steps if stop_after is None else min(stop_after, tc.steps)
     bar = _progress(range(step, last), progress and env.is_main, initial=step, total=tc.steps)
-    log = MetricsLog(out_dir, tc, tokens_per_step)
+    log = MetricsLog(out_dir, tc, tokens_per_step, fpt, peak)
     model.train()
     ddp_model = distributed.wrap_ddp(model, env, device)     # the model itself with one process
     t_start, loads = time.perf_counter(), []
@@ -269,16 +337,22 @@ def _train(tc: TrainConfig, env: distributed.DistEnv, rank_device, dataset, resu
                 log.write(row, history, bar)
             if out_dir and (done % tc.save_every == 0 or done == last):
                 log.check_finite()                                      # never save a diverged model
-                save_checkpoint(out_dir / CKPT, model, opt, done, tc, batches, history)
+                save_checkpoint(out_dir / CKPT, model, opt, done, tc, batches, history, tokenizer)
         log.check_finite()
     finally:
         log.close()
     elapsed = time.perf_counter() - t_start
-    val_rows = [r["val_loss"] for r in history if "val_loss" in r]
-    final_val = val_rows[-1] if val_rows else evaluate(model, dataset, tc, device)["val_loss"]
-    return TrainResult(model=model.eval(), history=history, final_val_loss=final_val,
+    val_rows = [r for r in history if "val_loss" in r]
+    final = val_rows[-1] if val_rows else evaluate(model, dataset, tc, device)
+    final_eval = {k: v for k, v in final.items() if k.startswith(("val_", "mtp_acc")) or k in ("xz", "bz2", "zlib")}
+    return TrainResult(model=model.eval(), history=history, final_val_loss=final["val_loss"],
                        tokens_per_s=log.tokens_seen / elapsed if elapsed > 0 else 0.0, out_dir=out_dir,
-                       expert_loads=loads)
+                       expert_loads=loads, final_eval=final_eval, dtype=_dtype_name(dtype),
+                       flops_per_token=fpt, peak_flops=peak)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 @dataclass
@@ -294,10 +368,11 @@ def train_step(model: Transformer, opt, batches, tc: TrainConfig, lr: float, dev
     for g in opt.param_groups:
         g["lr"] = lr
     losses, loads = [], None
+    dtype = resolve_dtype(tc.dtype, device)
     for i in range(tc.grad_accum):
         x, y = next(batches)
         with distributed.no_sync_unless(model, i == tc.grad_accum - 1):   # DDP: all-reduce on the last one
-            with autocast(device, tc.bf16):
+            with autocast(device, dtype):
                 out = model(x, y)
             (out.loss / tc.grad_accum).backward()
         zero = torch.zeros((), device=out.loss.device)
@@ -316,8 +391,10 @@ class MetricsLog:
     host sync of the loop (as in nanoGPT). Rows go to ``history``, to ``metrics.jsonl`` and to the bar.
     Divergence (a non-finite loss or gradient norm) is detected here, at the step where it happened."""
 
-    def __init__(self, out_dir: Path | None, tc: TrainConfig, tokens_per_step: int):
+    def __init__(self, out_dir: Path | None, tc: TrainConfig, tokens_per_step: int, flops_per_token: float = 0.0,
+                 peak_flops: float | None = None):
         self.tc, self.out_dir, self.tokens_per_step = tc, out_dir, tokens_per_step
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
         self.file = open(out_dir / "metrics.jsonl", "a") if out_dir else None
         self.pending: list[tuple[int, float, StepStats]] = []     # (step, lr, stats) since the last row
         self.tokens_seen, self.t_last = 0, time.perf_counter()
@@ -357,6 +434,9 @@ class MetricsLog:
                "mtp_loss": acc[2] / n, "balance_loss": acc[3] / n, "grad_norm": rows[-1][-1],
                "maxvio": balance["maxvio"], "bias_min": balance["bias_min"], "bias_max": balance["bias_max"],
                "tokens_per_s": self.tokens_per_step * n / (now - self.t_last), "tokens": done * self.tokens_per_step}
+        row["flops_per_s"] = row["tokens_per_s"] * self.flops_per_token        # model FLOPs (dsv3_edu.flops)
+        if self.peak_flops:
+            row["mfu"] = row["flops_per_s"] / self.peak_flops                  # vs the measured matmul peak
         self.pending = []
         return row
 
@@ -366,8 +446,12 @@ class MetricsLog:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{row['main_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}",
-                            **({"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}))
+            extra = {"val": f"{row['val_loss']:.3f}"} if "val_loss" in row else {}
+            if "val_bpb" in row:
+                extra["bpb"] = f"{row['val_bpb']:.3f}"
+            if "mfu" in row:
+                extra["mfu"] = f"{row['mfu']:.0%}"
+            bar.set_postfix(loss=f"{row['main_loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}", **extra)
         self.t_last = time.perf_counter()        # evaluation and writing are not training throughput
 
     def close(self) -> None:
