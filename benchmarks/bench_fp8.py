@@ -19,8 +19,13 @@ import platform
 
 import torch
 
-from dsv3_edu.fp8 import act_quant, block_scaled_matmul, weight_dequant, weight_quant
-from dsv3_edu.fp8 import kernels  # sets TRITON_INTERPRET=1 when no GPU; must come before any triton import
+from dsv3_edu.fp8 import (
+    act_quant,
+    block_scaled_matmul,
+    kernels,  # sets TRITON_INTERPRET=1 when no GPU; must come before any triton import
+    weight_dequant,
+    weight_quant,
+)
 from dsv3_edu.runtime import pick
 
 # (M, N, K): tokens x out x in. DeepSeek-V3-like: expert up-projection (d=7168 -> 2048), down-projection,

@@ -118,7 +118,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -129,7 +129,7 @@ class ModelConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_reference(cls, d: dict) -> "ModelConfig":
+    def from_reference(cls, d: dict) -> ModelConfig:
         """A config in the format of DeepSeek's ``inference/configs/*.json``: what the reference builds from it.
 
         A key the file leaves out takes the reference ``ModelArgs`` default, not ours: ``max_seq_len`` is then
@@ -144,7 +144,7 @@ class ModelConfig:
         return cls.from_dict({**_REFERENCE_DEFAULTS, **{k: v for k, v in d.items() if k not in _REFERENCE_ONLY_KEYS}})
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         """Read our own config JSON (a missing key takes our default) or one of DeepSeek's reference configs
         (``config_671B.json``, ``config_v3.1.json``, ...: see :func:`is_reference_config` and :meth:`from_reference`).
         Errors name the file: missing, not JSON, not an object, an unknown key or a bad value."""
@@ -164,7 +164,7 @@ class ModelConfig:
         except (TypeError, ValueError) as e:
             raise ValueError(f"config file {path}: {e}") from None
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return replace(self, **changes)
 
 

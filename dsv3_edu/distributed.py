@@ -193,8 +193,8 @@ def ddp_check(world_size: int = 2, backend: str | None = None, quick: bool = Tru
     check_global_batch(batch, world_size)
     device = "cuda" if backend == "nccl" else "cpu"
     tc = TrainConfig(preset="nano", steps=6 if quick else 20, batch_size=batch, seq_len=32, warmup_steps=2,
-                     log_every=1, eval_every=10 ** 9, eval_batches=1, dtype="fp32", mfu=False, out_dir=None, plots=False,
-                     device=device, save_every=10 ** 9)
+                     log_every=1, eval_every=10 ** 9, eval_batches=1, dtype="fp32", mfu=False, out_dir=None,
+                     plots=False, device=device, save_every=10 ** 9)
     vocab = get_config("nano").vocab_size
     stream = synthetic_stream(6000, vocab)
     train_tokens, val_tokens = stream[:5000], stream[5000:]

@@ -58,7 +58,8 @@ def test_two_process_checkpoint_resumes_in_one_process(tmp_path):
     stream = synthetic_stream(6000, 8192)
     ds = TokenDataset(stream[:5000], stream[5000:])
     tc = TrainConfig(preset="nano", steps=6, batch_size=4, seq_len=32, warmup_steps=2, log_every=1,
-                     eval_every=10 ** 9, eval_batches=1, dtype="fp32", mfu=False, out_dir=None, plots=False, device="cpu")
+                     eval_every=10 ** 9, eval_batches=1, dtype="fp32", mfu=False, out_dir=None, plots=False,
+                     device="cpu")
     ref = train(tc, dataset=ds, progress=False)
     spawn_run(2, _ddp_train_worker, asdict(tc), stream[:5000], stream[5000:], 3, str(tmp_path), False, backend="gloo")
     tc.out_dir = str(tmp_path)

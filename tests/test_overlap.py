@@ -23,7 +23,7 @@ def test_overlap_never_slower_than_serial_at_the_same_compute_speed():
 
 def test_dependencies_and_lanes_are_respected():
     res = fb_overlap(ChunkTimes(dispatch=1.7, combine=0.6, pp=0.3), comm_sms=20)
-    for c, (lane, s, e) in res.spans.items():
+    for c, (_lane, s, _end) in res.spans.items():
         assert all(res.spans[n][2] <= s + 1e-12 for n in NEEDS[c]), c
     for lane in (COMPUTE, COMM):
         spans = sorted((s, e) for ln, s, e in res.spans.values() if ln == lane)

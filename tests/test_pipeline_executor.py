@@ -4,9 +4,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dsv3_edu.parallel.pipeline import (P2P, LayerStack, StageRunner, backward_full, backward_input, backward_weight,
-                                        build_stages, make_data, mlp_stage, pipeline_steps, reference_step,
-                                        one_f_one_b, spawn_run, stages_of_rank, zb1p)
+from dsv3_edu.parallel.pipeline import (
+    P2P,
+    LayerStack,
+    StageRunner,
+    backward_full,
+    backward_input,
+    backward_weight,
+    build_stages,
+    make_data,
+    mlp_stage,
+    one_f_one_b,
+    pipeline_steps,
+    reference_step,
+    spawn_run,
+    stages_of_rank,
+    zb1p,
+)
 
 
 class Tangled(nn.Module):

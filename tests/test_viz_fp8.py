@@ -8,8 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dsv3_edu.fp8 import quant_error  # noqa: E402
-from dsv3_edu.viz.fp8 import (fp8_encoding, plot_error_by_channel, plot_error_vs_outlier,  # noqa: E402
-                              relative_error_map)
+from dsv3_edu.viz.fp8 import fp8_encoding, plot_error_by_channel, plot_error_vs_outlier, relative_error_map  # noqa: E402
 
 
 def test_fp8_encoding_rounds_like_torch_and_flags_edge_cases():

@@ -133,7 +133,7 @@ def clone_args(obj):
         return obj
 
 
-# ------------------------------------------------------------------------------------------------ data out of the worker
+# --------------------------------------------------------------------------------------------- data out of the worker
 def encode(obj, tensors: dict, depth: int = 0):
     """A JSON-able tree for a result; tensors go to ``tensors`` (saved with safetensors)."""
     if depth > 20:
@@ -150,7 +150,8 @@ def encode(obj, tensors: dict, depth: int = 0):
         if t.is_complex():
             tensors[key] = torch.view_as_real(t.resolve_conj()).clone(memory_format=torch.contiguous_format)
             return {"T": key, "complex": True}
-        tensors[key] = t.clone(memory_format=torch.contiguous_format)  # its own, dense storage: safetensors refuses views that share memory
+        # its own, dense storage: safetensors refuses views that share memory
+        tensors[key] = t.clone(memory_format=torch.contiguous_format)
         return {"T": key}
     if isinstance(obj, torch.Size):
         return {"U": [int(x) for x in obj]}

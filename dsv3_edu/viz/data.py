@@ -36,14 +36,18 @@ def tokens_html(tok, text: str, max_tokens: int = 300) -> str:
     """HTML: each BPE token of ``text`` in its own coloured box (hover shows its id), and a count line."""
     pieces = token_pieces(tok, text)
     n_bytes = len(text.encode("utf-8"))
-    boxes = "".join(_box(visible(p), PALETTE[k % len(PALETTE)], f"id {i}") for k, (i, p) in enumerate(pieces[:max_tokens]))
+    boxes = "".join(_box(visible(p), PALETTE[k % len(PALETTE)], f"id {i}")
+                    for k, (i, p) in enumerate(pieces[:max_tokens]))
     more = f" … (+{len(pieces) - max_tokens} tokens)" if len(pieces) > max_tokens else ""
     ratio = len(pieces) / n_bytes if n_bytes else 0.0
     return (f"<div style='line-height:1.9'>{boxes}{more}</div>"
             f"<div><b>{n_bytes}</b> bytes → <b>{len(pieces)}</b> tokens ({ratio:.3f} tokens per byte)</div>")
 
 
-def token_explorer(tok, text: str = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"):
+FIB = "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+
+
+def token_explorer(tok, text: str = FIB):
     """A text box; its BPE tokens are shown below it and redrawn as you type. Displays, returns None."""
     import ipywidgets as widgets
     from IPython.display import HTML, display
@@ -64,12 +68,14 @@ def fim_html(text: str, i: int, j: int) -> str:
     prefix, middle, suffix = text[:i], text[i:j], text[j:]
     c = PART_COLOURS
     special = lambda s: _box(s, c["special"], "special token (one id)", fg="#fff")  # noqa: E731
-    original = _box(prefix, c["prefix"], "prefix") + _box(middle, c["middle"], "middle") + _box(suffix, c["suffix"], "suffix")
+    original = (_box(prefix, c["prefix"], "prefix") + _box(middle, c["middle"], "middle")
+                + _box(suffix, c["suffix"], "suffix"))
     psm = (special(FIM_BEGIN) + _box(prefix, c["prefix"], "prefix") + special(FIM_HOLE)
            + _box(suffix, c["suffix"], "suffix") + special(FIM_END) + _box(middle, c["middle"], "middle")
            + special(EOS))
     legend = " ".join(_box(name, c[name]) for name in ("prefix", "middle", "suffix"))
-    return (f"<div>{legend}</div><p><b>document</b> (cut at i={i}, j={j})</p><div style='line-height:1.9'>{original}</div>"
+    return (f"<div>{legend}</div><p><b>document</b> (cut at i={i}, j={j})</p>"
+            f"<div style='line-height:1.9'>{original}</div>"
             f"<p><b>PSM training text</b>: the model reads prefix and suffix, then learns to write the middle</p>"
             f"<div style='line-height:1.9'>{psm}</div>")
 

@@ -53,7 +53,8 @@ def plot_mtp_alignment(tokens: list[str], depth: int, position: int, ax=None):
     token it embeds (green; the main row's input t_i) and the token it predicts (orange)."""
     T = len(tokens) - 1
     rows = mtp_alignment(T, depth, position)
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(min(1.0 * (T + 1) + 2, 13), 0.7 * (depth + 1) + 1.2))
+    size = (min(1.0 * (T + 1) + 2, 13), 0.7 * (depth + 1) + 1.2)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=size)
     for k in range(depth + 1):
         y = depth - k
         for j in range(T + 1):

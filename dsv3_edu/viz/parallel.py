@@ -13,8 +13,7 @@ import torch
 from ..balance import expert_load, max_violation
 from ..config import ModelConfig
 from ..model.moe import route
-from ..parallel.ep import (DispatchStats, dispatch_stats, max_ranks_per_token, plan_redundant_experts,
-                           rank_load)
+from ..parallel.ep import DispatchStats, dispatch_stats, max_ranks_per_token, plan_redundant_experts, rank_load
 
 
 def plot_rank_load(loads: dict[str, torch.Tensor], ax=None, title: str | None = None):

@@ -40,7 +40,7 @@ def plot_maxvio(runs: dict[str, list[dict]], ax=None):
 
 def plot_expert_load(loads: list[torch.Tensor], ax=None, title: str = "tokens per expert (last step)"):
     """Heatmap: MoE layer x expert, share of routed tokens (1/E = perfectly balanced)."""
-    mat = torch.stack([l.float() / l.sum().clamp_min(1) for l in loads]).numpy()
+    mat = torch.stack([x.float() / x.sum().clamp_min(1) for x in loads]).numpy()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 0.6 + 0.45 * len(loads)))
     im = ax.imshow(mat, aspect="auto", cmap="viridis")
     ax.set_xlabel("expert")

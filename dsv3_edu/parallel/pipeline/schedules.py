@@ -42,7 +42,7 @@ class Op:
     b_chunk: int = -1
     b_stage: int = -1
 
-    def parts(self) -> tuple["Op", ...]:
+    def parts(self) -> tuple[Op, ...]:
         """The elementary ops this cell does: (F, BW) for an overlapped FB cell, else (self,)."""
         if self.kind == "FB":
             return (Op("F", self.mb, self.chunk, self.stage), Op("BW", self.b_mb, self.b_chunk, self.b_stage))

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .schedules import (METHODS, Op, check_schedule, make_schedule, n_stages_of, needs, produces,
-                        topological_order)
+from .schedules import METHODS, Op, check_schedule, make_schedule, n_stages_of, needs, produces, topological_order
 
 
 @dataclass(frozen=True)
