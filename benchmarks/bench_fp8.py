@@ -19,6 +19,7 @@ import platform
 
 import torch
 
+from dsv3_edu.check import bench_cuda as cuda_seconds  # imports no triton
 from dsv3_edu.fp8 import (
     act_quant,
     block_scaled_matmul,
@@ -85,22 +86,6 @@ def cpu_check(M: int = 128, N: int = 128, K: int = 256) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- GPU
-def cuda_time_ms(fn, warmup: int = 10, reps: int = 50) -> float:
-    """Median time of fn() in ms, measured with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def blockwise_scaled_mm(xq, xs, wq, ws):
     """torch's cuBLAS GEMM with DeepSeek's scaling (F.scaled_mm, BlockWise1x128 x BlockWise128x128).
 
@@ -125,13 +110,13 @@ def bench_shape(M: int, N: int, K: int, has_fp8: bool) -> str:
     def tflops(ms: float) -> float:
         return flops / ms / 1e9
 
-    row = [f"{M}x{N}x{K}".rjust(20), f"{tflops(cuda_time_ms(lambda: x @ w.T)):11.0f}"]
+    row = [f"{M}x{N}x{K}".rjust(20), f"{tflops(1e3 * cuda_seconds(lambda: x @ w.T)):11.0f}"]
     if not has_fp8:
         return " | ".join(row + ["-".rjust(15), "-".rjust(17), "-".rjust(23), "-"])
     c = kernels.fp8_gemm_triton(xq, xs, wq, ws, out_dtype=torch.bfloat16)       # also autotunes, once per (N, K)
     ref = block_scaled_matmul(xq, xs, wq, ws)
     err = f"{((c.float() - ref).norm() / ref.norm()).item():.1e}"
-    row.append(f"{tflops(cuda_time_ms(lambda: kernels.fp8_gemm_triton(xq, xs, wq, ws, torch.bfloat16))):15.0f}")
+    row.append(f"{tflops(1e3 * cuda_seconds(lambda: kernels.fp8_gemm_triton(xq, xs, wq, ws, torch.bfloat16))):15.0f}")
     one = torch.ones((), device="cuda")
     wt = wq.t()                                                                 # (K, N) column-major
     row.append(_try(lambda: torch._scaled_mm(xq, wt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16),
@@ -160,7 +145,7 @@ def bench_cuda(shapes) -> None:
 def _try(fn, tflops, width: int) -> str:
     try:
         fn()
-        return f"{tflops(cuda_time_ms(fn)):{width}.0f}"
+        return f"{tflops(1e3 * cuda_seconds(fn)):{width}.0f}"
     except Exception as e:  # noqa: BLE001  (any failure of an optional baseline is reported, not fatal)
         print(f"  ({type(e).__name__}: {str(e).splitlines()[0][:150]})")
         return "n/a".rjust(width)
