@@ -16,9 +16,7 @@ from __future__ import annotations
 import bz2
 import json
 import lzma
-import os
 import random
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import DEFAULT_MAX_BYTES, Corpus, default_corpus, load_documents, write_manifest
+from .corpus import DEFAULT_MAX_BYTES, Corpus, atomic_write, default_corpus, load_documents, write_manifest
 from .fim import check_rate, encode_documents
 from .packing import TokenDataset, pack_documents, split_documents, storage_dtype
 from .tokenizer import (
@@ -148,15 +146,7 @@ def compressor_bits_per_byte(text: str) -> dict:
 
 
 def _atomic_torch_save(t: torch.Tensor, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(t, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(t, tmp))
 
 
 def _read_manifest(out_dir: Path) -> dict | None:

@@ -15,7 +15,7 @@ imports triton (transformers does) on a machine without a GPU.
 from .accumulation import accumulation_error_curve, limited_matmul
 from .formats import all_values, decode, format_info, fp8_dtype, fp8_max
 from .quant import (
-    METHODS,
+    SCALINGS,
     act_dequant,
     act_quant,
     block_scaled_matmul,
@@ -49,7 +49,7 @@ def has_triton() -> bool:
 __all__ = [
     "fp8_dtype", "fp8_max", "format_info", "all_values", "decode",
     "act_quant", "act_dequant", "weight_quant", "weight_dequant", "per_tensor_quant", "per_row_quant",
-    "quant_dequant", "quant_error", "block_scaled_matmul", "METHODS",
+    "quant_dequant", "quant_error", "block_scaled_matmul", "SCALINGS",
     "limited_matmul", "accumulation_error_curve",
     "qdq_act", "qdq_weight", "qdq_grad", "fp8_linear", "Fp8Linear",
     "has_triton", *_KERNEL_NAMES,

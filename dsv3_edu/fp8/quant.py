@@ -39,7 +39,7 @@ AMAX_EPS = 1e-4
 # (``"scale_fmt": "ue8m0"`` in config_v3.1.json); None: the plain float32 amax / 448.
 SCALE_FMTS = (None, "ue8m0")
 
-METHODS = ("per_tensor", "per_row", "tile_1x128", "block_128x128")
+SCALINGS = ("per_tensor", "per_row", "tile_1x128", "block_128x128")
 
 
 def _check_block(block: int) -> int:
@@ -192,7 +192,7 @@ def per_row_quant(x: torch.Tensor, fmt: str = "e4m3", amax_eps: float = AMAX_EPS
 
 def quant_dequant(x: torch.Tensor, method: str = "tile_1x128", fmt: str = "e4m3", block: int = 128,
                   amax_eps: float = AMAX_EPS, scale_fmt: str | None = None) -> torch.Tensor:
-    """Round-trip x through FP8 with one of METHODS; returns float32 of x's shape (what a GEMM would see)."""
+    """Round-trip x through FP8 with one of SCALINGS; returns float32 of x's shape (what a GEMM would see)."""
     kw = {"amax_eps": amax_eps, "scale_fmt": scale_fmt}
     if method == "per_tensor":
         q, s = per_tensor_quant(x, fmt, **kw)
@@ -204,7 +204,7 @@ def quant_dequant(x: torch.Tensor, method: str = "tile_1x128", fmt: str = "e4m3"
         return act_dequant(*act_quant(x, block, fmt, **kw), block=block)
     if method == "block_128x128":
         return weight_dequant(*weight_quant(x, block, fmt, **kw), block=block)
-    raise ValueError(f"unknown method {method!r}: use one of {METHODS}")
+    raise ValueError(f"unknown method {method!r}: use one of {SCALINGS}")
 
 
 def quant_error(x: torch.Tensor, method: str = "tile_1x128", fmt: str = "e4m3", block: int = 128,
