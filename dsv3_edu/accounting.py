@@ -30,7 +30,7 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
     main = count(model) - count(model.mtp)
     mtp = count(model.mtp)
-    moe_layers = [l.ffn for l in model.layers if isinstance(l.ffn, MoE)]
+    moe_layers = [b.ffn for b in model.layers if isinstance(b.ffn, MoE)]
     per_expert = 3 * cfg.dim * cfg.moe_inter_dim
     inactive = len(moe_layers) * (cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
     mtp_inactive = cfg.n_mtp * (cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
@@ -44,10 +44,10 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
         "total_with_mtp_on_disk": main + mtp + embed + head,
         "embedding_params": embed,
         "head_params": head,
-        "attention_params": sum(count(l.attn) for l in model.layers),
+        "attention_params": sum(count(b.attn) for b in model.layers),
         "routed_expert_params": sum(count(m.experts) for m in moe_layers),
         "shared_expert_params": sum(count(m.shared_experts) for m in moe_layers if m.shared_experts is not None),
-        "dense_ffn_params": sum(count(l.ffn) for l in model.layers if not isinstance(l.ffn, MoE)),
+        "dense_ffn_params": sum(count(b.ffn) for b in model.layers if not isinstance(b.ffn, MoE)),
     }
 
 
@@ -84,7 +84,8 @@ def report(cfg: ModelConfig) -> dict:
     return out
 
 
-def _fmt(n: int) -> str:
+def format_count(n: int) -> str:
+    """1234567 -> '1.23M' (K, M, B with two decimals; plain below 1000)."""
     for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
             return f"{n / div:,.2f}{unit}"
@@ -93,11 +94,11 @@ def _fmt(n: int) -> str:
 
 def format_table(r: dict) -> str:
     rows = [
-        ("total parameters (main model)", _fmt(r["total_params"])),
-        ("activated per token", _fmt(r["activated_params"])),
-        ("MTP module(s), own weights", _fmt(r["mtp_params"])),
-        ("MTP as stored (+ embedding, head copies)", _fmt(r["mtp_params_on_disk"])),
-        ("total on disk (main + stored MTP)", _fmt(r["total_with_mtp_on_disk"])),
+        ("total parameters (main model)", format_count(r["total_params"])),
+        ("activated per token", format_count(r["activated_params"])),
+        ("MTP module(s), own weights", format_count(r["mtp_params"])),
+        ("MTP as stored (+ embedding, head copies)", format_count(r["mtp_params_on_disk"])),
+        ("total on disk (main + stored MTP)", format_count(r["total_with_mtp_on_disk"])),
         ("KV cache / token, MLA (BF16)", f"{r['kv_cache_bytes_per_token']:,} bytes"),
         ("KV cache / token, MHA (BF16)", f"{r['mha_kv_cache_bytes_per_token']:,} bytes"),
         ("KV cache / token, GQA-8 (BF16)", f"{r['gqa_kv_cache_bytes_per_token']:,} bytes"),

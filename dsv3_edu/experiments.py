@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, fields, replace
 
-from .accounting import param_counts
+from .accounting import format_count, param_counts
 from .config import ModelConfig
 from .train import TrainConfig, TrainResult, load_data, train
 
@@ -179,31 +179,37 @@ def format_table(summary: list[dict]) -> str:
         spread = f" ± {s['val_spread']:.3f}" if s["val_spread"] is not None else ""
         lines.append(f"{s['variant']:<{w}}  {s['seeds']:>5}  {s['val_loss']:>8.4f}{spread:<8}  "
                      f"{s['delta_vs_reference']:>+8.4f}  {s['tokens_per_s']:>7,.0f}  "
-                     f"{_short(s['activated_params']):>9}  {_short(s['total_params']):>9}")
+                     f"{format_count(s['activated_params']):>9}  {format_count(s['total_params']):>9}")
     return "\n".join(lines)
 
 
+def mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Average the logged rows of several seeds of one run, row by row (up to the shortest history).
+
+    ``step`` and ``tokens`` come from the first seed; every other number (and every list of numbers, e.g. the
+    per-gate ``maxvio``, element by element) present in all seeds' row is averaged; ``bias_spread`` =
+    bias_max - bias_min is added where the rows have the bias range. Feeds ``viz.training`` and ``viz.balance``.
+    """
+    if not histories:
+        raise ValueError("mean_history needs at least one history")
+    rows = []
+    for group in zip(*histories):                       # one row of every seed
+        m = {k: group[0][k] for k in ("step", "tokens") if k in group[0]}
+        if all("bias_max" in r and "bias_min" in r for r in group):
+            m["bias_spread"] = statistics.fmean(r["bias_max"] - r["bias_min"] for r in group)
+        for k, v in group[0].items():
+            if k in m or not all(k in r for r in group):
+                continue
+            if isinstance(v, list):
+                m[k] = [statistics.fmean(r[k][i] for r in group) for i in range(len(v))]
+            elif isinstance(v, (int, float)):
+                m[k] = statistics.fmean(r[k] for r in group)
+        rows.append(m)
+    return rows
+
+
 def mean_histories(rows: list[RunRow]) -> dict[str, list[dict]]:
-    """Per variant, the logged rows averaged over seeds (main_loss, val_loss where every seed has it),
-    in the format of ``dsv3_edu.viz.training.plot_loss_curves(runs=...)``."""
-    out = {}
-    for name in dict.fromkeys(r.variant for r in rows):
-        hists = [r.history for r in rows if r.variant == name]
-        n = min(len(h) for h in hists)
-        merged = []
-        for i in range(n):
-            rs = [h[i] for h in hists]
-            m = {"step": rs[0]["step"], "tokens": rs[0]["tokens"],
-                 "main_loss": statistics.fmean(r["main_loss"] for r in rs)}
-            if all("val_loss" in r for r in rs):
-                m["val_loss"] = statistics.fmean(r["val_loss"] for r in rs)
-            merged.append(m)
-        out[name] = merged
-    return out
-
-
-def _short(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
+    """Per variant, ``mean_history`` of its seeds' runs, in the format of
+    ``dsv3_edu.viz.training.plot_loss_curves(runs=...)``."""
+    names = dict.fromkeys(r.variant for r in rows)
+    return {name: mean_history([r.history for r in rows if r.variant == name]) for name in names}

@@ -5,11 +5,8 @@ No paths: notebooks/, solutions/, exercises/. --check: report problems only (exi
 Same as `python -m dsv3_edu.grade clean ...`; see docs/exercises.md.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from dsv3_edu.grade.__main__ import main  # noqa: E402
+from _grade import run  # scripts/ is on sys.path when a script runs
 
 if __name__ == "__main__":
-    sys.exit(main(["clean", *sys.argv[1:]]))
+    sys.exit(run("clean"))

@@ -2,17 +2,23 @@
 node-limited routing bounds the ranks a token reaches; the redundant-expert planner evens out per-rank load."""
 import pytest
 import torch
+from conftest import toy_config
 
 from dsv3_edu.balance import expert_load, max_violation
-from dsv3_edu.config import ModelConfig
 from dsv3_edu.model import route
-from dsv3_edu.parallel.ep import (dispatch_plan, dispatch_stats, ep_check_worker, max_ranks_per_token,
-                                  node_limited_comparison, plan_redundant_experts, rank_load)
-from dsv3_edu.parallel.pipeline.executor import spawn_run
+from dsv3_edu.parallel.ep import (
+    dispatch_plan,
+    dispatch_stats,
+    ep_check_worker,
+    max_ranks_per_token,
+    node_limited_comparison,
+    plan_redundant_experts,
+    rank_load,
+)
+from dsv3_edu.parallel.launch import spawn_run
 
 # dim 32, 8 experts, top-2, 4 groups with 2 kept; one shared expert
-CFG = ModelConfig(dim=32, moe_inter_dim=16, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,
-                  n_expert_groups=4, n_limited_groups=2)
+CFG = toy_config(n_routed_experts=8, n_expert_groups=4, n_limited_groups=2)
 
 
 # ----------------------------------------------------------------------------- EP == single process

@@ -1,19 +1,24 @@
 """The ablation runner: equal-compute variants over seeds, the dense model matched in activated params."""
 import pytest
-import torch
 from conftest import TOY_MODEL
 
 from dsv3_edu.accounting import param_counts
 from dsv3_edu.config import get_config
-from dsv3_edu.experiments import (Variant, format_table, matched_dense_inter_dim, matched_dense_overrides,
-                                  mean_histories, run_ablation, summarize, variant_train_config)
+from dsv3_edu.experiments import (
+    Variant,
+    format_table,
+    matched_dense_inter_dim,
+    matched_dense_overrides,
+    mean_histories,
+    run_ablation,
+    summarize,
+    variant_train_config,
+)
 from dsv3_edu.train import TrainConfig
-
-SMALL = TOY_MODEL
 
 
 def base_tc(**kw) -> TrainConfig:
-    d = dict(preset="nano", model_overrides=dict(SMALL), steps=4, batch_size=2, seq_len=16, warmup_steps=1,
+    d = dict(preset="nano", model_overrides=dict(TOY_MODEL), steps=4, batch_size=2, seq_len=16, warmup_steps=1,
              eval_every=2, eval_batches=1, log_every=1, lr=3e-3, out_dir=None, plots=False)
     d.update(kw)
     return TrainConfig(**d)
@@ -85,7 +90,7 @@ def test_run_ablation_rows_summary_and_histories(dataset, capsys):
     assert moe["paired_deltas"] == {0: 0.0, 1: 0.0}
     assert summary[1]["paired_deltas"][1] == pytest.approx(rows[3].final_val_loss - rows[2].final_val_loss)
     assert summary[1]["paired_deltas"][0] == pytest.approx(rows[1].final_val_loss - rows[0].final_val_loss)
-    assert summary[1]["total_params"] == param_counts(get_config("nano", **SMALL))["total_params"]
+    assert summary[1]["total_params"] == param_counts(get_config("nano", **TOY_MODEL))["total_params"]
     other = summarize(rows, reference="no mtp")
     assert other[1]["delta_vs_reference"] == 0
     with pytest.raises(ValueError, match="missing"):

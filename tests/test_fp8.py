@@ -6,10 +6,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsv3_edu.fp8 import (Fp8Linear, accumulation_error_curve, act_dequant, act_quant, all_values,
-                          block_scaled_matmul, decode, format_info, fp8_linear, limited_matmul, per_row_quant,
-                          per_tensor_quant, qdq_act, qdq_grad, qdq_weight, quant_dequant, quant_error,
-                          weight_dequant, weight_quant)
+from dsv3_edu.fp8 import (
+    Fp8Linear,
+    accumulation_error_curve,
+    act_dequant,
+    act_quant,
+    all_values,
+    block_scaled_matmul,
+    decode,
+    format_info,
+    fp8_linear,
+    limited_matmul,
+    per_row_quant,
+    per_tensor_quant,
+    qdq_act,
+    qdq_grad,
+    qdq_weight,
+    quant_dequant,
+    quant_error,
+    weight_dequant,
+    weight_quant,
+)
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -384,7 +401,7 @@ def test_kernels_refuse_triton_imported_before_interpreter_flag():
 def test_plot_fp8_values():
     import matplotlib
     matplotlib.use("Agg")
-    from dsv3_edu.fp8.plots import plot_fp8_values
+    from dsv3_edu.viz.fp8 import plot_fp8_values
     fig = plot_fp8_values()
     ax_values = fig.axes[0]
     n_points = sum(len(c.get_offsets()) for c in ax_values.collections)

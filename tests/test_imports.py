@@ -26,3 +26,11 @@ def test_balance_does_not_import_the_model():
     """model.moe uses balance's formulas; balance must not need the model back (no import cycle)."""
     code = "import sys, dsv3_edu.balance; print(any(m.startswith('dsv3_edu.model') for m in sys.modules))"
     assert _run(code) == "False"
+
+
+def test_only_viz_imports_matplotlib():
+    """The library (trainer, model, parallel workers, FP8) computes; only dsv3_edu.viz draws."""
+    code = ("import sys, dsv3_edu.train, dsv3_edu.experiments, dsv3_edu.balance_sim, dsv3_edu.fp8, "
+            "dsv3_edu.parallel.ep, dsv3_edu.parallel.pipeline, dsv3_edu.generate, dsv3_edu.accounting; "
+            "print('matplotlib' in sys.modules)")
+    assert _run(code) == "False"

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import small_config
 
 from dsv3_edu.balance import (
     balance_stats,
@@ -14,7 +15,7 @@ from dsv3_edu.balance import (
     sequence_balance_loss,
     update_biases,
 )
-from dsv3_edu.config import PRESETS, ModelConfig, get_config
+from dsv3_edu.config import PRESETS, get_config
 from dsv3_edu.model import (
     MLA,
     Gate,
@@ -31,19 +32,10 @@ from dsv3_edu.model.moe import padded_grouped_mm
 from dsv3_edu.model.rope import rope_frequencies
 
 
-def small_cfg(**kw) -> ModelConfig:
-    base = dict(vocab_size=256, dim=64, n_layers=3, n_dense_layers=1, inter_dim=128, n_heads=4, q_lora_rank=32,
-                kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_seq_len=64,
-                moe_inter_dim=32, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2, n_expert_groups=4,
-                n_limited_groups=2, init_std=0.05)
-    base.update(kw)
-    return ModelConfig(**base)
-
-
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return Transformer(small_cfg()).eval()
+    return Transformer(small_config()).eval()
 
 
 # ----------------------------------------------------------------------------- config
@@ -58,7 +50,7 @@ def model():
 ])
 def test_config_errors_are_clear(kw, msg):
     with pytest.raises(ValueError, match=msg):
-        small_cfg(**kw)
+        small_config(**kw)
 
 
 def test_get_config_unknown_and_overrides(tmp_path):
@@ -66,8 +58,8 @@ def test_get_config_unknown_and_overrides(tmp_path):
         get_config("gpt-5")
     assert get_config("tiny", n_layers=2).n_layers == 2
     p = tmp_path / "c.json"
-    small_cfg().save(p)
-    assert get_config(p) == small_cfg()
+    small_config().save(p)
+    assert get_config(p) == small_config()
     p.write_text('{"dim": 64, "bogus": 1}')
     with pytest.raises(ValueError, match="unknown fields"):
         get_config(p)
@@ -82,7 +74,7 @@ def test_rms_norm_unit_rms():
 
 def test_rope_is_relative():
     """<R(m) q, R(n) k> depends only on m - n."""
-    cfg = small_cfg()
+    cfg = small_config()
     f = precompute_freqs_cis(cfg, 40)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
     def dot(m, n):
@@ -92,8 +84,8 @@ def test_rope_is_relative():
 
 
 def test_yarn_only_beyond_original_context():
-    short = small_cfg(max_seq_len=64)
-    long = small_cfg(max_seq_len=8192, original_seq_len=4096, rope_factor=40)
+    short = small_config(max_seq_len=64)
+    long = small_config(max_seq_len=8192, original_seq_len=4096, rope_factor=40)
     base = rope_frequencies(short)
     yarn = rope_frequencies(long)
     assert torch.equal(base, 1.0 / (10000 ** (torch.arange(0, 8, 2) / 8)))
@@ -198,7 +190,7 @@ def test_grouped_mm_matches_loop_and_fallback():
 def test_moe_matches_per_token_reference():
     """MoE = shared FFN + sum of g_i FFN_i, computed token by token with plain Python."""
     torch.manual_seed(0)
-    cfg = small_cfg()
+    cfg = small_config()
     moe = MoE(cfg)
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.1)
@@ -225,7 +217,7 @@ def test_bias_update_sign_rule():
 def test_bias_update_moves_skewed_load_toward_balance():
     """Repeated sign-rule updates on a fixed skewed batch drive MaxVio down."""
     torch.manual_seed(0)
-    cfg = small_cfg(n_expert_groups=1, n_limited_groups=1)
+    cfg = small_config(n_expert_groups=1, n_limited_groups=1)
     gate = Gate(cfg)
     torch.nn.init.normal_(gate.weight, std=0.02)
     x = torch.randn(2048, cfg.dim) + 3 * gate.weight[0].detach() / gate.weight[0].norm()  # skew toward expert 0
@@ -241,7 +233,7 @@ def test_bias_update_moves_skewed_load_toward_balance():
 
 def test_update_biases_from_returned_loads():
     torch.manual_seed(0)
-    m = Transformer(small_cfg())
+    m = Transformer(small_config())
     m.train()
     out = m(torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
     gates = [b.ffn.gate for b in m.layers[1:]] + [m.mtp[0].block.ffn.gate]
@@ -261,7 +253,7 @@ def test_extra_forward_does_not_change_bias_update():
     """The update is a function of the loads passed in: an extra training-mode forward (a diagnostic,
     recomputation) between the step and the update leaves the biases exactly as without it."""
     torch.manual_seed(0)
-    a = Transformer(small_cfg()).train()
+    a = Transformer(small_config()).train()
     b = copy.deepcopy(a)
     x = torch.randint(0, 256, (2, 16))
     loads = a(x, x).loads
@@ -294,7 +286,7 @@ def test_max_violation():
 @pytest.mark.parametrize("balance, expect_loss", [("aux_free", True), ("aux_loss", True), ("none", False)])
 def test_balance_modes(balance, expect_loss):
     torch.manual_seed(0)
-    m = Transformer(small_cfg(balance=balance)).train()
+    m = Transformer(small_config(balance=balance)).train()
     x = torch.randint(0, 256, (2, 16))
     out = m(x, x)
     assert (out.balance_loss is not None) == expect_loss
@@ -308,7 +300,7 @@ def test_balance_modes(balance, expect_loss):
 def test_mtp_targets_are_offset_by_hand():
     """Tokens t0..t5, targets t1..t6. Depth 1 at row i sees h_i and Emb(t_{i+1}) and must predict t_{i+2}."""
     torch.manual_seed(0)
-    cfg = small_cfg(n_mtp=2)
+    cfg = small_config(n_mtp=2)
     m = Transformer(cfg).train()
     tokens = torch.tensor([[10, 11, 12, 13, 14, 15, 16]])
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -325,7 +317,7 @@ def test_mtp_targets_are_offset_by_hand():
 def test_mtp_input_uses_next_token_embedding():
     """Changing t_{i+1} changes depth-1 logits at row i but not at rows < i."""
     torch.manual_seed(0)
-    m = Transformer(small_cfg()).train()
+    m = Transformer(small_config()).train()
     x = torch.randint(0, 256, (1, 12))
     x2 = x.clone()
     x2[0, 7] = (x[0, 7] + 1) % 256
@@ -354,7 +346,7 @@ def test_mtp_step_matches_full_mtp_forward(model):
 # ----------------------------------------------------------------------------- whole model
 def test_training_step_reduces_loss():
     torch.manual_seed(0)
-    m = Transformer(small_cfg(init_std=0.02)).train()
+    m = Transformer(small_config(init_std=0.02)).train()
     x = torch.randint(0, 256, (4, 32))
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = None

@@ -1,14 +1,24 @@
 """Pipeline schedules as data, the simulator against the report's Table 2, and the timeline plot."""
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-
-from dsv3_edu.parallel.pipeline import (METHODS, Op, Times, bubble_table, check_schedule, dualpipe,  # noqa: E402
-                                        dualpipev, format_table, make_schedule, one_f_one_b, plot_timeline,
-                                        schedule_explorer, simulate, table2_bubble, table2_holds, zb1p)
+from dsv3_edu.parallel.pipeline import (
+    METHODS,
+    Op,
+    Times,
+    bubble_table,
+    check_schedule,
+    dualpipe,
+    dualpipev,
+    format_table,
+    make_schedule,
+    one_f_one_b,
+    simulate,
+    table2_bubble,
+    table2_holds,
+    zb1p,
+)
+from dsv3_edu.viz.pipeline import plot_timeline, schedule_explorer
 
 REALISTIC = [  # (F, B input-grad, W, F&B): B_full = B + W
     Times(F=1, B=1, W=1, FB=2.5),        # the report's proportions: B_full = 2F, F&B < F + B_full

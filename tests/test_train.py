@@ -3,13 +3,10 @@ import json
 
 import pytest
 import torch
-from conftest import TOY_MODEL
+from conftest import toy_config
 
-from dsv3_edu.config import ModelConfig
 from dsv3_edu.generate import generate, sample_next, speculative_generate
 from dsv3_edu.train import TrainConfig, TrainingDiverged, load_model, lr_at, train
-
-MODEL = TOY_MODEL
 
 
 def tc(tmp_path=None, **kw) -> TrainConfig:
@@ -19,8 +16,7 @@ def tc(tmp_path=None, **kw) -> TrainConfig:
     return TrainConfig(**d)
 
 
-def cfg(**kw) -> ModelConfig:
-    return ModelConfig(**{**MODEL, **kw})
+cfg = toy_config
 
 
 def test_lr_schedule():
@@ -32,7 +28,7 @@ def test_lr_schedule():
 
 def test_training_learns_and_logs(tmp_path, dataset):
     res = train(tc(tmp_path, steps=40, eval_every=20), dataset=dataset, progress=False, model_cfg=cfg())
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 40 and rows[-1]["step"] == 40
     assert rows[-1]["main_loss"] < rows[0]["main_loss"] - 1.0
     assert {"lr", "mtp_loss", "maxvio", "bias_min", "bias_max", "tokens_per_s"} <= set(rows[0])
@@ -53,7 +49,7 @@ def test_resume_is_exact(tmp_path, dataset):
     resumed = train(tc(tmp_path / "b", steps=12), dataset=dataset, progress=False, resume=tmp_path / "b")
     losses = lambda h: [r["loss"] for r in h]  # noqa: E731
     assert losses(resumed.history) == losses(full.history)
-    for (k, v), (k2, v2) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+    for (k, v), (_, v2) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, v2), k
     loaded = load_model(tmp_path / "b")
     assert torch.equal(loaded.layers[1].ffn.gate.bias, full.model.layers[1].ffn.gate.bias)

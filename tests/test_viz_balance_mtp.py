@@ -1,18 +1,15 @@
 """The notebook helpers of 04 (sign-rule simulation, seed averaging) and 05 (MTP token alignment)."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from dsv3_edu.balance import max_violation  # noqa: E402
-from dsv3_edu.viz.balance import (mean_history, plot_bias_spread, plot_sign_rule, simulate_sign_rule,  # noqa: E402
-                                  skewed_scores)
-from dsv3_edu.viz.mtp import alignment_table, mtp_alignment, plot_mtp_alignment  # noqa: E402
+from dsv3_edu.balance import max_violation
+from dsv3_edu.balance_sim import simulate_sign_rule, skewed_scores
+from dsv3_edu.experiments import mean_history
+from dsv3_edu.viz.balance import plot_bias_spread, plot_sign_rule
+from dsv3_edu.viz.mtp import alignment_table, mtp_alignment, plot_mtp_alignment
 
 
 def test_skewed_scores_prefer_low_experts():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,6 +36,7 @@ from torch import nn
 from ..balance import expert_load, max_violation, reduce_loads
 from ..config import ModelConfig, get_config
 from ..model.moe import Experts, MoE, Routing, route
+from .launch import init_torchrun, rank_device, running_under_torchrun, spawn_run
 
 # ============================================================================ planning (pure, no communication)
 
@@ -305,15 +305,6 @@ def make_moe(cfg: ModelConfig, seed: int, std: float = 0.1) -> MoE:
     return moe
 
 
-def _worker_device() -> torch.device:
-    """cuda:LOCAL_RANK under NCCL (torchrun sets LOCAL_RANK; spawn_run runs one node: the rank), else CPU."""
-    if dist.get_backend() != "nccl":
-        return torch.device("cpu")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    torch.cuda.set_device(device)
-    return device
-
-
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b| (gradients of a summed loss are large numbers)."""
     if not a.numel():
@@ -329,7 +320,7 @@ def ep_check_worker(rank: int, world_size: int, cfg_dict: dict, batch_per_rank: 
     ``hot_experts`` > 0 gives the first experts a huge selection bias: they take every token, so the other
     ranks receive nothing but must still join both all-to-alls, forward and backward.
     """
-    device = _worker_device()
+    device = rank_device()
     cfg = ModelConfig.from_dict(cfg_dict)
     ref = make_moe(cfg, seed)
     with torch.no_grad():
@@ -416,12 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     cfg = get_config(args.preset)
     job = (cfg.to_dict(), args.batch, args.seq_len, args.seed)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:            # launched by torchrun
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
+    if running_under_torchrun():
+        init_torchrun()
         rank, world = dist.get_rank(), dist.get_world_size()
         results = [None] * world
         dist.all_gather_object(results, ep_check_worker(rank, world, *job))
@@ -429,7 +416,6 @@ def main(argv: list[str] | None = None) -> None:
             print(format_report(results, cfg))
         dist.destroy_process_group()
     else:
-        from .pipeline.executor import spawn_run  # the package's one launcher (loopback, free port)
         print(format_report(spawn_run(args.world_size, ep_check_worker, *job), cfg))
 
 

@@ -1,61 +1,11 @@
-"""Load-balancing pictures (notebook 04): a synthetic skewed router driven by the sign rule, MaxVio curves
-averaged over seeds, the bias spread against its speed limit, and an ipywidgets explorer.
-
-The simulation uses the package's own pieces (``route``, ``expert_load``, ``max_violation``, ``bias_update``),
-so what it shows is exactly what the trainer does after each step, minus the gradients.
+"""Load-balancing pictures (notebook 04): the sign rule on a synthetic skewed router (simulated by
+``dsv3_edu.balance_sim``), the bias spread against its speed limit, and an ipywidgets explorer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import matplotlib.pyplot as plt
-import torch
 
-from ..balance import bias_update, expert_load, max_violation
-from ..model.moe import route
-
-
-def skewed_scores(n_tokens: int, n_experts: int, skew: float, generator: torch.Generator) -> torch.Tensor:
-    """Sigmoid affinities (N, E) of a router that prefers low-numbered experts.
-
-    Expert i's logit is N(0, 1) noise plus ``skew * (1 - 2 i / (E - 1))``: expert 0 gets +skew, the last -skew.
-    skew = 0 is a fair router (it still shows sampling noise); skew ~ 1 makes the top experts several times busier.
-    """
-    if n_experts < 2:
-        raise ValueError(f"n_experts must be >= 2, got {n_experts}")
-    preference = skew * torch.linspace(1.0, -1.0, n_experts)                        # (E,)
-    return (torch.randn(n_tokens, n_experts, generator=generator) + preference).sigmoid()  # (N, E)
-
-
-@dataclass
-class SignRuleRun:
-    gamma: float
-    skew: float
-    maxvio: list[float]          # MaxVio of each step's batch, before that step's update
-    bias: torch.Tensor           # (steps, E) bias after each step's update
-    loads: torch.Tensor          # (steps, E) tokens per expert at each step
-
-
-def simulate_sign_rule(gamma: float, skew: float = 1.0, steps: int = 300, n_tokens: int = 1024,
-                       n_experts: int = 16, top_k: int = 4, seed: int = 0) -> SignRuleRun:
-    """Route a fresh batch of skewed affinities each step with the current bias, count the load, record
-    MaxVio, then apply the sign rule ``b_i += gamma * sign(mean load - load_i)``. No groups (one group)."""
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    g = torch.Generator().manual_seed(seed)
-    bias = torch.zeros(n_experts)
-    vios, biases, loads = [], [], []
-    for _ in range(steps):
-        scores = skewed_scores(n_tokens, n_experts, skew, g)                          # (N, E)
-        _, indices = route(scores, bias, top_k, n_groups=1, topk_groups=1, route_scale=1.0)   # (N, K)
-        load = expert_load(indices, n_experts)                                        # (E,)
-        vios.append(max_violation(load).item())
-        bias_update(bias, load, gamma)                                                # in place
-        biases.append(bias.clone())
-        loads.append(load)
-    return SignRuleRun(gamma, skew, vios, torch.stack(biases), torch.stack(loads))
+from ..balance_sim import SignRuleRun, simulate_sign_rule
 
 
 def plot_sign_rule(runs: list[SignRuleRun], bias_of: SignRuleRun | None = None):
@@ -100,24 +50,6 @@ def sign_rule_explorer(steps: int = 300, n_tokens: int = 1024, seed: int = 0) ->
         return plot_sign_rule([off, on], bias_of=on)
 
     interactive_figure([gamma, skew], figure)
-
-
-def mean_history(histories: list[list[dict]]) -> list[dict]:
-    """Average the logged rows of several seeds of one run, row by row: ``step`` and per-gate ``maxvio``,
-    plus ``bias_spread`` = bias_max - bias_min. The result feeds ``viz.training.plot_maxvio``."""
-    if not histories:
-        raise ValueError("mean_history needs at least one history")
-    n = min(len(h) for h in histories)
-    rows = []
-    for j in range(n):
-        group = [h[j] for h in histories]
-        n_gates = len(group[0]["maxvio"])
-        rows.append({
-            "step": group[0]["step"],
-            "maxvio": [sum(r["maxvio"][g] for r in group) / len(group) for g in range(n_gates)],
-            "bias_spread": sum(r["bias_max"] - r["bias_min"] for r in group) / len(group),
-        })
-    return rows
 
 
 def plot_bias_spread(runs: dict[str, tuple[list[dict], float]], ax=None, colors: dict[str, str] | None = None):

@@ -19,25 +19,21 @@ have one shape and dtype: stage modules map (micro_batch, ..., dim) to the same 
 The loss of micro-batch m is ``loss_fn(output, target[m]) / n_micro``: the gradients equal those of
 the mean loss of a single-process run over the same micro-batches.
 
-Launch: ``spawn_run(world_size, fn, ...)`` for notebooks and tests (loopback address, free port), or
-``torchrun --nproc_per_node 4 -m dsv3_edu.parallel.pipeline --method zb1p`` (runs ``main``).
+Launch (``dsv3_edu.parallel.launch``): ``spawn_run(world_size, fn, ...)`` for notebooks and tests (loopback
+address, free port), or ``torchrun --nproc_per_node 4 -m dsv3_edu.parallel.pipeline --method zb1p`` (``main``).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import tempfile
 from collections import defaultdict
-from datetime import timedelta
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..launch import init_torchrun, rank_device, spawn_run  # noqa: F401  (spawn_run: re-exported for callers)
 from .schedules import Op, check_schedule, make_schedule, n_stages_of
 from .split_backward import backward_full, backward_input, backward_weight
 
@@ -269,65 +265,6 @@ def sync_dualpipe_grads(modules: dict[int, nn.Module], rank: int, world_size: in
             dist.all_reduce(p.grad, group=groups[(min(rank, partner), max(rank, partner))])
 
 
-# ----------------------------------------------------------------------------- launching
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pick_backend() -> str:
-    """NCCL when there are CUDA devices, else gloo."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def rank_device(rank: int, backend: str) -> torch.device:
-    if backend == "nccl":
-        dev = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
-
-
-def _spawn_entry(rank: int, world_size: int, port: int, backend: str, timeout_s: float, out_dir: str, fn, args,
-                 kwargs) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")            # keep gloo's traffic on the loopback device
-    os.environ["LOCAL_RANK"] = str(rank)
-    if backend == "nccl":
-        torch.cuda.set_device(rank)
-    torch.set_num_threads(1)                                     # P processes share the cores
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
-    try:
-        result = fn(rank, world_size, *args, **kwargs)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # no rank tears the group down while another is still joining
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn_run(world_size: int, fn: Callable, *args, backend: str | None = None, timeout_s: float = 120.0,
-              **kwargs) -> list:
-    """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` fresh processes; return their results.
-
-    Uses torch.multiprocessing.spawn, the loopback address and a free port. ``fn`` must be
-    importable (defined in a module, not in a notebook cell) and its result picklable. A rank that
-    waits more than ``timeout_s`` for a message fails instead of hanging.
-    """
-    if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
-    backend = backend or pick_backend()
-    if backend == "nccl" and torch.cuda.device_count() < world_size:
-        raise ValueError(f"nccl needs one GPU per rank: world_size={world_size} > {torch.cuda.device_count()} GPUs")
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_spawn_entry, args=(world_size, free_port(), backend, timeout_s, out_dir, fn, args, kwargs),
-                 nprocs=world_size)
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
-
-
 # ----------------------------------------------------------------------------- the demo step
 
 def make_data(n_micro: int, micro_batch: int = 2, seq: int = 4, dim: int = 16, seed: int = 0):
@@ -358,8 +295,7 @@ def pipeline_step(rank: int, world_size: int, method: str, n_micro: int, dim: in
     """
     schedule = make_schedule(method, world_size, n_micro)
     check_schedule(schedule)
-    backend = dist.get_backend()
-    device = rank_device(rank, backend)
+    device = rank_device()
     modules = {s: build_stage(s, factory, dim, seed).to(device) for s in stages_of_rank(schedule, rank)}
     inputs, targets = make_data(n_micro, micro_batch, seq, dim, seed)
     inputs, targets = [t.to(device) for t in inputs], [t.to(device) for t in targets]
@@ -399,15 +335,14 @@ def main(argv=None) -> None:
     ap.add_argument("--n-micro", type=int, default=None, help="micro-batches (default 2*world_size)")
     ap.add_argument("--dim", type=int, default=16)
     args = ap.parse_args(argv)
-    backend = pick_backend()
-    dist.init_process_group(backend)
+    backend = init_torchrun()
     rank, world = dist.get_rank(), dist.get_world_size()
     n_micro = args.n_micro or 2 * world
     try:
         res = pipeline_step(rank, world, args.method, n_micro, dim=args.dim)
         n_stages = 2 * world if args.method == "dualpipev" else world
         dloss, dgrad = max_grad_error(res, n_micro, n_stages, dim=args.dim)
-        errs = torch.tensor([dloss, dgrad], device=rank_device(rank, backend))
+        errs = torch.tensor([dloss, dgrad], device=rank_device())
         dist.all_reduce(errs, op=dist.ReduceOp.MAX)
         if rank == 0:
             print(f"{args.method}: pp={world} n_micro={n_micro} backend={backend} loss={res['loss']:.6f} "

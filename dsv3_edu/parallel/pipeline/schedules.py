@@ -2,7 +2,7 @@
 
 A schedule is a list with one entry per pipeline rank; each entry is the list of ``Op`` that rank runs,
 in order. Nothing here runs a model: the simulator (``simulator.py``) plays the lists with a time
-model, the executor (``executor.py``) plays the same lists on real processes, and ``timeline.py``
+model, the executor (``executor.py``) plays the same lists on real processes, and ``viz.pipeline``
 draws them. Keeping the schedule as plain data is what lets the three agree.
 
 Conventions (used everywhere in this package)

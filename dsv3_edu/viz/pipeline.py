@@ -1,4 +1,7 @@
-"""Draw a simulated schedule like the report's Figure 5, and an interactive explorer for notebooks.
+"""Pipeline pictures (notebook 07): a simulated schedule drawn like the report's Figure 5, and an explorer.
+
+The schedules and their timings come from ``dsv3_edu.parallel.pipeline`` (schedules, simulator); this module
+only draws them.
 
 One row per rank, time to the right. Cells are coloured by kind (forward orange, full backward
 green, input-grad backward light green, weight-grad backward blue) and shaded darker for chunk 1
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import matplotlib
 import matplotlib.colors as mcolors
+import matplotlib.pyplot as plt
 from matplotlib.patches import Patch, Rectangle
 
-from .schedules import METHODS, Op, make_schedule
-from .simulator import SimResult, Times, simulate, table2_bubble
+from ..parallel.pipeline.schedules import METHODS, Op, make_schedule
+from ..parallel.pipeline.simulator import SimResult, Times, simulate, table2_bubble
 
 KIND_COLORS = {"F": "#f6a04d", "BW": "#3e9c4f", "B": "#9ad7a0", "W": "#5b8def"}
 KIND_NAMES = {"F": "forward", "BW": "backward (full)", "B": "backward for input", "W": "backward for weights"}
@@ -51,8 +55,6 @@ def plot_timeline(schedule: list[list[Op]], times: Times | None = None, result: 
 
     Returns the matplotlib Figure. ``color_by`` is "kind" (the report's colours) or "microbatch".
     """
-    import matplotlib.pyplot as plt  # lazy: worker processes import this package without drawing
-
     if color_by not in ("kind", "microbatch"):
         raise ValueError(f"color_by must be 'kind' or 'microbatch', got {color_by!r}")
     result = result or simulate(schedule, times or Times())
@@ -101,7 +103,6 @@ def schedule_explorer():
     and parameter copies. Returns the widget to display.
     """
     import ipywidgets as widgets  # lazy: only notebooks need it
-    import matplotlib.pyplot as plt
     from IPython.display import display
 
     w = {
