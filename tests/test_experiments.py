@@ -115,3 +115,91 @@ def test_run_ablation_checks_before_training(dataset):
         run_ablation(base_tc(), {"a": {}}, seeds=(1, 1), dataset=dataset)
     with pytest.raises(ValueError, match="n_activated_experts"):   # a bad model config fails before any run
         run_ablation(base_tc(), {"a": {}, "bad": {"n_activated_experts": 99}}, dataset=dataset)
+
+
+# ----------------------------------------------------------------------------- reference ablations
+def test_paired_interval_by_hand():
+    # diffs 1, 2, 3, 4: mean 2.5, sd sqrt(5/3) = 1.291, t_{0.975,3} = 3.182 -> 2.5 -/+ 3.182 * 1.291 / 2
+    from dsv3_edu.experiments import paired_interval
+    p = paired_interval([1, 2, 3, 4])
+    assert p["n"] == 4 and p["mean"] == pytest.approx(2.5) and p["sd"] == pytest.approx(1.2910, abs=1e-4)
+    assert p["t"] == pytest.approx(3.182, abs=1e-3)
+    assert p["ci95"] == pytest.approx([0.446, 4.554], abs=1e-3) and p["excludes_zero"] is True
+    assert paired_interval([-1, 1, 2])["excludes_zero"] is False
+    assert paired_interval([-3, -2, -2.5])["excludes_zero"] is True, "an interval below zero excludes it too"
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_interval([1.0])
+
+
+def test_t_quantiles_match_the_printed_table():
+    from dsv3_edu.experiments import student_t_two_sided, t_quantile_975
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.365, 10: 2.228, 30: 2.042}
+    for dof, t in table.items():
+        assert t_quantile_975(dof) == pytest.approx(t, abs=1e-3), dof
+    assert student_t_two_sided(0.0, 3) == 0.0 and student_t_two_sided(1e6, 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_quantile_975(0)
+
+
+def test_parse_budget_steps_and_tokens():
+    from dsv3_edu.experiments import parse_budget
+    assert parse_budget("300", 512) == 300
+    assert parse_budget("200ktok", 512) == 391            # ceil(200000 / 512)
+    assert parse_budget("1.5Mtok", 1000) == 1500
+    assert parse_budget("1024tok", 512) == 2
+    for bad in ("abc", "0", "-3", "xtok"):
+        with pytest.raises(ValueError, match="--budget"):
+            parse_budget(bad, 512)
+
+
+def test_reference_ablation_json_schema(dataset, tmp_path):
+    import json
+
+    from dsv3_edu.experiments import COMPARISONS, format_ablation_table, run_reference_ablation
+    out = tmp_path / "results" / "ablations.json"
+    base = base_tc(steps=2, eval_every=2, log_every=1)
+    comps = run_reference_ablation(base, seeds=(0, 1), only=["dense_vs_moe", "balance"], out=out,
+                                   command="test-cmd", dataset=dataset, progress=False)
+    data = json.loads(out.read_text())
+    assert data["schema"] == "dsv3_edu.ablations/1" and data["command"] == "test-cmd"
+    assert set(data["machine"]) >= {"cpu", "cores", "torch"}
+    assert list(data["comparisons"]) == ["dense_vs_moe", "balance"] == list(comps)
+    for name, c in data["comparisons"].items():
+        assert c["a"] == COMPARISONS[name][1] and c["b"] == COMPARISONS[name][2]
+        assert c["complete"] is True and c["status"] == "complete" and c["seeds"] == [0, 1]
+        assert c["budget"]["steps"] == 2 and c["budget"]["tokens"] == 2 * 2 * 16
+        assert c["command"] == "test-cmd" and c["wall_s"] >= 0
+        assert [(r["variant"], r["seed"]) for r in c["runs"]] == [(c["a"], 0), (c["b"], 0), (c["a"], 1), (c["b"], 1)]
+        by = {(r["variant"], r["seed"]): r for r in c["runs"]}
+        for r in c["runs"]:
+            assert len(r["curve"]) == 2 and r["curve"][-1]["step"] == 2 and "val_loss" in r["curve"][-1]
+            assert r["final"]["val_loss"] == r["curve"][-1]["val_loss"]
+        p = c["paired"]["val_loss"]
+        diffs = [by[(c["b"], s)]["final"]["val_loss"] - by[(c["a"], s)]["final"]["val_loss"] for s in (0, 1)]
+        assert [p["diffs"]["0"], p["diffs"]["1"]] == pytest.approx(diffs, abs=1e-5)
+        assert p["n"] == 2 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+        assert p["excludes_zero"] == (p["ci95"][0] > 0 or p["ci95"][1] < 0)
+    # the MoE model is shared: its runs are the same in both comparisons (one training per config and seed)
+    moe = data["comparisons"]["dense_vs_moe"]["runs"][0]["final"]["val_loss"]
+    assert data["comparisons"]["balance"]["runs"][0]["final"]["val_loss"] == moe
+    assert "maxvio" in data["comparisons"]["balance"]["paired"]
+    dense = data["comparisons"]["dense_vs_moe"]["params"]
+    assert abs(dense["MoE"]["activated"] - dense["dense (same activated params)"]["activated"]) \
+        <= 3 * TOY_MODEL["dim"] * TOY_MODEL["n_layers"]
+    # a second invocation adds its comparison and keeps the others
+    run_reference_ablation(base, seeds=(0, 1), only=["mtp"], out=out, command="cmd-2", dataset=dataset,
+                           progress=False)
+    data = json.loads(out.read_text())
+    assert list(data["comparisons"]) == ["dense_vs_moe", "balance", "mtp"]
+    assert data["commands"] == ["test-cmd", "cmd-2"] and data["comparisons"]["balance"]["command"] == "test-cmd"
+    table = format_ablation_table(data["comparisons"])
+    ci = data["comparisons"]["mtp"]["paired"]["val_loss"]["ci95"]
+    assert f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" in table and table.count("\n") == 4
+
+
+def test_reference_ablation_checks_before_training(dataset):
+    from dsv3_edu.experiments import run_reference_ablation
+    with pytest.raises(ValueError, match="unknown comparison"):
+        run_reference_ablation(base_tc(), only=["dense"], dataset=dataset)
+    with pytest.raises(ValueError, match="2 distinct seeds"):
+        run_reference_ablation(base_tc(), seeds=(0,), dataset=dataset)
