@@ -553,5 +553,71 @@ def format_ablation_table(comparisons: dict, metric: str = "val_loss") -> str:
     return "\n".join(lines)
 
 
+# What the sources say, per comparison: (expected sign of B - A in val loss, the claim and where it comes from).
+REPORT_EXPECTATION = {
+    "dense_vs_moe": (+1, "the V3 report has no dense ablation; DeepSeekMoE (Dai et al., 2024) finds the MoE "
+                         "model better than a dense one at equal activated parameters (dense - MoE > 0)"),
+    "mtp": (+1, "the report's MTP ablation (15.7B on 1.33T tokens, 228.7B on 540B tokens, Table 4) finds MTP "
+                "improves most benchmarks (MTP off - on > 0)"),
+    "balance": (+1, "the report's ablation finds the sequence-wise auxiliary loss worse in validation loss than "
+                    "aux-loss-free balancing (aux loss - aux-loss-free > 0), with better balance for aux-loss-free"),
+    "fp8": (0, "the report's FP8 recipe keeps the relative loss error vs BF16 below 0.25% "
+               "(validated at about 16B and 230B parameters for about 1T tokens)"),
+}
+
+
+def default_results_path():
+    """``results/ablations.json`` of the repository this package lives in."""
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1] / "results" / "ablations.json"
+
+
+def load_ablations(path=None) -> dict:
+    """The committed reference ablations (``results/ablations.json`` by default), as written by
+    ``python -m dsv3_edu.experiments ablation``; FileNotFoundError with the command to make them if missing."""
+    import json
+    from pathlib import Path
+    path = Path(path) if path is not None else default_results_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no ablation results at {path}; make them with "
+                                "python -m dsv3_edu.experiments ablation --budget 200 --out results/ablations.json")
+    data = json.loads(path.read_text())
+    if data.get("schema") != ABLATION_SCHEMA:
+        raise ValueError(f"{path} is not an ablation results file (schema {data.get('schema')!r})")
+    return data
+
+
+def ablation_reading(name: str, comp: dict, metric: str = "val_loss") -> str:
+    """An honest sentence about one comparison, generated from its numbers: the paired mean difference B - A,
+    its 95% interval, whether the interval excludes zero, and, where it does, the sign and size against the
+    report (REPORT_EXPECTATION). Nothing in it is typed by hand."""
+    p = comp.get("paired", {}).get(metric)
+    b = comp["budget"]
+    head = (f"{name} ({comp['b']} - {comp['a']}, {metric}, {b['steps']} steps = {b['tokens']:,} tokens per run"
+            f"{'' if comp.get('complete') else ', ' + comp.get('status', 'partial')})")
+    if not p or "ci95" not in p:
+        return f"{head}: fewer than 2 finished seed pairs, no interval."
+    lo, hi = p["ci95"]
+    unit = "bits/byte" if metric == "val_bpb" else ("" if metric == "maxvio" else "nats")
+    text = (f"{head}: mean difference {p['mean']:+.4f}{' ' + unit if unit else ''} over {p['n']} seeds, "
+            f"95% CI [{lo:+.4f}, {hi:+.4f}]")
+    if not p["excludes_zero"]:
+        return text + " contains zero: at this budget the two variants are not separated."
+    sign = 1 if p["mean"] > 0 else -1
+    text += f" excludes zero: {comp['b'] if sign < 0 else comp['a']} is better here"
+    if metric == "maxvio":
+        return text.replace("is better here", "balances better here (lower MaxVio)") + "."
+    rel = p["mean"] / p["a_mean"] if p.get("a_mean") else float("nan")
+    text += f" (relative difference {rel:+.2%})."
+    if name in REPORT_EXPECTATION:
+        expected, claim = REPORT_EXPECTATION[name]
+        if expected == 0:
+            verdict = ("within" if abs(rel) < 0.0025 else "larger than") + " the report's 0.25% bound"
+        else:
+            verdict = "the same sign as" if sign == expected else "the opposite sign to"
+        text += f" That is {verdict} the sources: {claim}."
+    return text
+
+
 if __name__ == "__main__":
     main()

@@ -203,3 +203,54 @@ def test_reference_ablation_checks_before_training(dataset):
         run_reference_ablation(base_tc(), only=["dense"], dataset=dataset)
     with pytest.raises(ValueError, match="2 distinct seeds"):
         run_reference_ablation(base_tc(), seeds=(0,), dataset=dataset)
+
+
+def _fake_comparison(name, diffs, a_loss=5.0):
+    """A comparison record in the results-file format, with made-up final losses (B = A + diff per seed)."""
+    from dsv3_edu.experiments import COMPARISONS, comparison_stats
+    _, a, b, _, _ = COMPARISONS[name]
+    runs = []
+    for s, d in enumerate(diffs):
+        for label, loss in ((a, a_loss), (b, a_loss + d)):
+            runs.append({"variant": label, "seed": s, "final": {"val_loss": loss},
+                         "curve": [{"step": 1, "tokens": 10, "main_loss": loss + 1},
+                                   {"step": 2, "tokens": 20, "main_loss": loss, "val_loss": loss}]})
+    comp = {"question": "q", "a": a, "b": b, "seeds": list(range(len(diffs))), "runs": runs, "complete": True,
+            "budget": {"steps": 2, "tokens": 20}}
+    comp["paired"] = comparison_stats(comp)
+    return comp
+
+
+def test_ablation_reading_is_generated_from_the_numbers():
+    from dsv3_edu.experiments import ablation_reading
+    moe = _fake_comparison("dense_vs_moe", [0.10, 0.12, 0.11, 0.13])
+    text = ablation_reading("dense_vs_moe", moe)
+    ci = moe["paired"]["val_loss"]["ci95"]
+    assert f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" in text and "excludes zero" in text
+    assert "MoE is better" in text and "the same sign as" in text
+    worse = ablation_reading("mtp", _fake_comparison("mtp", [-0.10, -0.12, -0.11, -0.13]))
+    assert "MTP off is better" in worse and "the opposite sign to" in worse
+    noisy = ablation_reading("balance", _fake_comparison("balance", [0.1, -0.1, 0.05, -0.02]))
+    assert "contains zero" in noisy and "not separated" in noisy
+    fp8 = ablation_reading("fp8", _fake_comparison("fp8", [0.0010, 0.0011, 0.0012, 0.0010], a_loss=5.0))
+    assert "within the report's 0.25% bound" in fp8                      # about +0.02% relative
+    partial = _fake_comparison("fp8", [0.01])
+    partial.update(complete=False, status="partial: 1 of 4 seed pairs finished")
+    assert "no interval" in ablation_reading("fp8", partial) and "partial: 1 of 4" in ablation_reading("fp8", partial)
+
+
+def test_ablation_plots():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsv3_edu.viz.ablations import plot_ablation_curves, plot_intervals
+    comps = {"dense_vs_moe": _fake_comparison("dense_vs_moe", [0.1, 0.2]),
+             "mtp": _fake_comparison("mtp", [0.0, 0.1])}
+    fig = plot_intervals(comps)
+    assert len(fig.axes) == 2 and "dense_vs_moe" in fig.axes[0].get_title()
+    fig2 = plot_ablation_curves(comps["mtp"])
+    assert len(fig2.axes[0].lines) == 4, "one line per variant and seed"
+    with pytest.raises(ValueError, match="maxvio"):
+        plot_intervals(comps, metric="maxvio")
+    plt.close("all")
