@@ -518,7 +518,18 @@ def main(argv=None) -> None:
     a.add_argument("--eval-batches", type=int, default=16)
     a.add_argument("--threads", type=int, default=1, help="torch threads per run")
     a.add_argument("--out", default="results/ablations.json")
+    r = sub.add_parser("report", help="print the Markdown table and the readings of an ablation results file")
+    r.add_argument("path", nargs="?", default=None, help="default: results/ablations.json")
     args = p.parse_args(argv)
+    if args.cmd == "report":
+        data = load_ablations(args.path)
+        comps = data["comparisons"]
+        print(format_ablation_table(comps) + "\n")
+        for name, c in comps.items():
+            print(f"- {ablation_reading(name, c)}")
+            if "maxvio" in c.get("paired", {}) and name == "balance":
+                print(f"- {ablation_reading(name, c, 'maxvio')}")
+        return
     torch.set_num_threads(args.threads)
     steps = parse_budget(args.budget, args.batch_size * args.seq_len)
     log_every = max(1, steps // args.points)

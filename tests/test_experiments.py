@@ -197,6 +197,21 @@ def test_reference_ablation_json_schema(dataset, tmp_path):
     assert f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" in table and table.count("\n") == 4
 
 
+def test_report_command_prints_table_and_readings(dataset, tmp_path, capsys):
+    from dsv3_edu.experiments import format_ablation_table, load_ablations, main, run_reference_ablation
+    out = tmp_path / "ablations.json"
+    run_reference_ablation(base_tc(steps=2, eval_every=2), seeds=(0, 1), only=["balance"], out=out,
+                           command="cmd", dataset=dataset, progress=False)
+    capsys.readouterr()
+    main(["report", str(out)])
+    printed = capsys.readouterr().out
+    comps = load_ablations(out)["comparisons"]
+    assert format_ablation_table(comps) in printed
+    assert "- balance (aux loss - aux-loss-free, val_loss" in printed and "maxvio" in printed
+    with pytest.raises(FileNotFoundError, match="python -m dsv3_edu.experiments ablation"):
+        load_ablations(tmp_path / "missing.json")
+
+
 def test_reference_ablation_checks_before_training(dataset):
     from dsv3_edu.experiments import run_reference_ablation
     with pytest.raises(ValueError, match="unknown comparison"):
