@@ -247,6 +247,8 @@ def test_ablation_reading_is_generated_from_the_numbers():
     assert "MTP off is better" in worse and "the opposite sign to" in worse
     noisy = ablation_reading("balance", _fake_comparison("balance", [0.1, -0.1, 0.05, -0.02]))
     assert "contains zero" in noisy and "not separated" in noisy
+    balance = ablation_reading("balance", _fake_comparison("balance", [0.10, 0.12, 0.11, 0.13]))
+    assert "aux-loss-free is better" in balance and "Compare with the sources" in balance
     fp8 = ablation_reading("fp8", _fake_comparison("fp8", [0.0010, 0.0011, 0.0012, 0.0010], a_loss=5.0))
     assert "within the report's 0.25% bound" in fp8                      # about +0.02% relative
     partial = _fake_comparison("fp8", [0.01])
