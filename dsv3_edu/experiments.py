@@ -219,7 +219,8 @@ def mean_histories(rows: list[RunRow]) -> dict[str, list[dict]]:
 # ----------------------------------------------------------------------------- reference ablations
 # ``python -m dsv3_edu.experiments ablation --budget 200 --seeds 0 1 2 3 --out results/ablations.json`` trains,
 # for each comparison, a base variant A (the preset as is: MoE, aux-loss-free, MTP D=1, FP32) and one changed
-# variant B for the same budget, paired by seed (same data order, same initial weights where the shapes agree),
+# variant B for the same budget, paired by seed (same data order; the same initial weights where the variant
+# allows: aux loss and FP8, not MTP off nor dense),
 # and writes per-seed curves, final metrics and a 95% confidence interval of the paired difference B - A.
 
 ABLATION_SCHEMA = "dsv3_edu.ablations/1"
