@@ -402,11 +402,12 @@ def write_results(path, comparisons: dict, meta: dict) -> dict:
 
 
 def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out=None, command: str = "",
-                           dataset=None, progress: bool = True) -> dict:
+                           dataset=None, progress: bool = True, tag: str | None = None) -> dict:
     """Train A and B of each comparison in ``only`` (default: all of COMPARISONS) for ``base.steps``, once per
     seed, seed-major; the A runs are shared between comparisons (same config, same seed = the same run).
     After every run the JSON at ``out`` (if given) is rewritten, so an interrupted run leaves its finished
-    pairs with ``complete: false``. Returns {comparison name: its record}."""
+    pairs with ``complete: false``. ``tag`` stores the comparisons as ``name@tag`` (e.g. a longer budget next
+    to the default one). Returns {comparison key: its record}."""
     import datetime
     import json
 
@@ -426,7 +427,9 @@ def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out
         over = spec(cfg) if callable(spec) else dict(spec)
         variants.setdefault(a, {})
         variants[b] = over
-        comps[name] = {"question": question, "a": a, "b": b, "difference": f"{b} - {a} (per seed)",
+        comps[name if tag is None else f"{name}@{tag}"] = {
+                       "name": name, "tag": tag, "question": question, "a": a, "b": b,
+                       "difference": f"{b} - {a} (per seed)",
                        "positive_means": meaning, "metric": "val_loss",
                        "overrides": {a: {}, b: over}, "seeds": list(seeds), "runs": [], "complete": False}
     # one training run per distinct set of overrides and seed; labels that share overrides share the run
@@ -482,6 +485,38 @@ def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out
     return comps
 
 
+def merge_results(files: list[dict]) -> dict:
+    """Comparisons of several results files (``load_ablations`` dicts) in one: a comparison present in several
+    files (the same key, A, B and budget; different seeds, e.g. from parallel invocations) gets the union of
+    their runs and recomputed paired statistics; ``commands`` lists each part's command, ``wall_s`` is the
+    longest part's (they ran in parallel). ValueError where the budgets or variants differ."""
+    import copy
+    out: dict[str, dict] = {}
+    for data in files:
+        for key, c in data["comparisons"].items():
+            if key not in out:
+                out[key] = copy.deepcopy(c)
+                out[key]["commands"] = [c["command"]]
+                continue
+            m = out[key]
+            if (m["a"], m["b"], m["budget"]) != (c["a"], c["b"], c["budget"]):
+                raise ValueError(f"cannot merge {key!r}: the files differ in variants or budget")
+            have = {(r["variant"], r["seed"]) for r in m["runs"]}
+            m["runs"] += [r for r in c["runs"] if (r["variant"], r["seed"]) not in have]
+            m["seeds"] = sorted(set(m["seeds"]) | set(c["seeds"]))
+            m["commands"].append(c["command"])
+            m["wall_s"] = max(m["wall_s"], c["wall_s"])
+            m["complete"] = m["complete"] and c["complete"]
+    for m in out.values():
+        m["runs"].sort(key=lambda r: (r["seed"], r["variant"] != m["a"]))
+        m["paired"] = comparison_stats(m)
+        n_pairs = len(m["paired"].get("val_loss", {}).get("diffs", {}))
+        m["complete"] = m["complete"] and n_pairs == len(m["seeds"])
+        m["status"] = "complete" if m["complete"] else f"partial: {n_pairs} of {len(m['seeds'])} seed pairs finished"
+        m["command"] = " ; ".join(m["commands"])
+    return out
+
+
 def _refresh(comps: dict, done: dict, t_start: float, seeds, final: bool) -> None:
     import datetime
     for c in comps.values():
@@ -519,9 +554,20 @@ def main(argv=None) -> None:
     a.add_argument("--eval-batches", type=int, default=16)
     a.add_argument("--threads", type=int, default=1, help="torch threads per run")
     a.add_argument("--out", default="results/ablations.json")
+    a.add_argument("--tag", default=None, help="store the comparisons as NAME@TAG (e.g. a longer budget)")
+    mg = sub.add_parser("merge", help="merge results files that ran the same comparisons on different seeds")
+    mg.add_argument("paths", nargs="+")
+    mg.add_argument("--out", default="results/ablations.json")
     r = sub.add_parser("report", help="print the Markdown table and the readings of an ablation results file")
     r.add_argument("path", nargs="?", default=None, help="default: results/ablations.json")
     args = p.parse_args(argv)
+    if args.cmd == "merge":
+        comps = merge_results([load_ablations(x) for x in args.paths])
+        cmd = "python -m dsv3_edu.experiments " + " ".join(shlex.quote(x) for x in
+                                                           (argv if argv is not None else sys.argv[1:]))
+        write_results(args.out, comps, {"command": cmd, "machine": machine_info()})
+        print(format_ablation_table(comps))
+        return
     if args.cmd == "report":
         data = load_ablations(args.path)
         comps = data["comparisons"]
@@ -542,7 +588,7 @@ def main(argv=None) -> None:
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     command = "python -m dsv3_edu.experiments " + " ".join(shlex.quote(x) for x in
                                                            (argv if argv is not None else sys.argv[1:]))
-    comps = run_reference_ablation(base, seeds=args.seeds, only=only, out=args.out, command=command)
+    comps = run_reference_ablation(base, seeds=args.seeds, only=only, out=args.out, command=command, tag=args.tag)
     print(format_ablation_table(comps))
 
 
@@ -623,8 +669,9 @@ def ablation_reading(name: str, comp: dict, metric: str = "val_loss") -> str:
         return text.replace("is better here", "balances better here (lower MaxVio)") + "."
     rel = p["mean"] / p["a_mean"] if p.get("a_mean") else float("nan")
     text += f" (relative difference {rel:+.2%})."
-    if name in REPORT_EXPECTATION:
-        expected, claim = REPORT_EXPECTATION[name]
+    base_name = comp.get("name") or name.split("@")[0]
+    if base_name in REPORT_EXPECTATION:
+        expected, claim = REPORT_EXPECTATION[base_name]
         if expected is None:                  # the sources make no sign claim for this exact setting
             text += f" Compare with the sources: {claim}."
             return text
