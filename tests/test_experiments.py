@@ -271,3 +271,27 @@ def test_ablation_plots():
     with pytest.raises(ValueError, match="maxvio"):
         plot_intervals(comps, metric="maxvio")
     plt.close("all")
+
+
+def test_tagged_runs_on_different_seeds_merge(dataset, tmp_path):
+    from dsv3_edu.experiments import load_ablations, merge_results, run_reference_ablation
+    base = base_tc(steps=2, eval_every=2)
+    parts = []
+    for seeds in ((0, 1), (2, 3)):
+        out = tmp_path / f"part{seeds[0]}.json"
+        run_reference_ablation(base, seeds=seeds, only=["fp8"], out=out, command=f"cmd{seeds}", dataset=dataset,
+                               tag="short", progress=False)
+        parts.append(load_ablations(out))
+    assert list(parts[0]["comparisons"]) == ["fp8@short"] and parts[0]["comparisons"]["fp8@short"]["name"] == "fp8"
+    merged = merge_results(parts)["fp8@short"]
+    assert merged["seeds"] == [0, 1, 2, 3] and merged["complete"] and merged["status"] == "complete"
+    assert [(r["variant"] == merged["a"], r["seed"]) for r in merged["runs"]] == \
+        [(True, 0), (False, 0), (True, 1), (False, 1), (True, 2), (False, 2), (True, 3), (False, 3)]
+    p = merged["paired"]["val_loss"]
+    assert p["n"] == 4 and list(p["diffs"]) == ["0", "1", "2", "3"]
+    assert p["diffs"]["2"] == parts[1]["comparisons"]["fp8@short"]["paired"]["val_loss"]["diffs"]["2"]
+    assert merged["commands"] == ["cmd(0, 1)", "cmd(2, 3)"]
+    other = load_ablations(tmp_path / "part0.json")
+    other["comparisons"]["fp8@short"]["budget"] = {**other["comparisons"]["fp8@short"]["budget"], "steps": 3}
+    with pytest.raises(ValueError, match="budget"):
+        merge_results([parts[0], other])
