@@ -385,7 +385,10 @@ def write_results(path, comparisons: dict, meta: dict) -> dict:
     from pathlib import Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    import hashlib
+    import tempfile
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]      # the lock lives outside the repository
+    with open(Path(tempfile.gettempdir()) / f"dsv3_edu_ablations_{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = json.loads(path.read_text()) if path.is_file() else {}
         if data.get("schema") not in (None, ABLATION_SCHEMA):
