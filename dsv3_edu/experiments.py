@@ -15,6 +15,7 @@ metric), averaged over the same validation batches for every run.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -214,3 +215,477 @@ def mean_histories(rows: list[RunRow]) -> dict[str, list[dict]]:
     ``dsv3_edu.viz.training.plot_loss_curves(runs=...)``."""
     names = dict.fromkeys(r.variant for r in rows)
     return {name: mean_history([r.history for r in rows if r.variant == name]) for name in names}
+
+
+# ----------------------------------------------------------------------------- reference ablations
+# ``python -m dsv3_edu.experiments ablation --budget 200 --seeds 0 1 2 3 --out results/ablations.json`` trains,
+# for each comparison, a base variant A (the preset as is: MoE, aux-loss-free, MTP D=1, FP32) and one changed
+# variant B for the same budget, paired by seed (same data order; the same initial weights where the variant
+# allows: aux loss and FP8, not MTP off nor dense),
+# and writes per-seed curves, final metrics and a 95% confidence interval of the paired difference B - A.
+
+ABLATION_SCHEMA = "dsv3_edu.ablations/1"
+
+# name: (question, label of A, label of B, B's overrides (a dict, or a function of the base ModelConfig),
+#        what a positive difference B - A means)
+COMPARISONS = {
+    "dense_vs_moe": ("dense vs MoE at equal activated parameters", "MoE", "dense (same activated params)",
+                     matched_dense_overrides, "the MoE model is better"),
+    "mtp": ("MTP on vs off (main next-token loss)", "MTP on (D=1)", "MTP off", {"n_mtp": 0},
+            "training with MTP improves the main next-token loss"),
+    "balance": ("aux-loss-free balancing vs an auxiliary loss", "aux-loss-free", "aux loss",
+                {"balance": "aux_loss"}, "the aux-loss-free model is better"),
+    "fp8": ("FP8-simulated vs FP32 GEMMs", "FP32", "FP8-simulated", {"fp8": True}, "FP8 costs loss"),
+}
+
+# t_{0.975, dof} is computed exactly (Abramowitz & Stegun 26.7.3-4); no scipy needed.
+
+
+def student_t_two_sided(t: float, dof: int) -> float:
+    """P(|T| < t) for Student's t with an integer number of degrees of freedom (closed form, A&S 26.7.3-4)."""
+    if dof < 1 or int(dof) != dof:
+        raise ValueError(f"degrees of freedom must be a positive integer, got {dof}")
+    theta = math.atan(abs(t) / math.sqrt(dof))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if dof % 2 == 1:
+        total, term = 0.0, 1.0
+        if dof > 1:
+            total = term
+            for k in range(1, (dof - 3) // 2 + 1):          # 1 + 2/3 c^2 + 2*4/(3*5) c^4 + ...
+                term *= (2 * k) / (2 * k + 1) * c2
+                total += term
+            return 2 / math.pi * (theta + s * math.cos(theta) * total)
+        return 2 / math.pi * theta
+    total, term = 1.0, 1.0
+    for k in range(1, (dof - 2) // 2 + 1):                  # 1 + 1/2 c^2 + 1*3/(2*4) c^4 + ...
+        term *= (2 * k - 1) / (2 * k) * c2
+        total += term
+    return s * total
+
+
+def t_quantile_975(dof: int) -> float:
+    """t_{0.975, dof}: the half-width factor of a two-sided 95% interval (bisection on the exact CDF)."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if student_t_two_sided(mid, dof) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_interval(diffs) -> dict:
+    """Mean, sample sd (n-1), n, t_{0.975,n-1} and the 95% Student-t interval ``ci95: [low, high]`` of paired
+    differences; ``excludes_zero`` says whether the interval lies entirely on one side of 0. Needs n >= 2."""
+    d = [float(x) for x in diffs]
+    if len(d) < 2:
+        raise ValueError(f"a confidence interval needs at least 2 paired differences, got {len(d)}")
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    t = t_quantile_975(len(d) - 1)
+    half = t * sd / math.sqrt(len(d))
+    low, high = mean - half, mean + half
+    return {"n": len(d), "mean": mean, "sd": sd, "t": t, "ci95": [low, high],
+            "excludes_zero": bool(low > 0 or high < 0)}
+
+
+def parse_budget(text: str, tokens_per_step: int) -> int:
+    """Optimizer steps from ``--budget``: ``300`` = 300 steps, ``200000tok`` / ``200ktok`` / ``1.5Mtok`` =
+    enough steps for that many training tokens (rounded up)."""
+    s = str(text).strip()
+    try:
+        if s.lower().endswith("tok"):
+            num = s[:-3]
+            mult = {"k": 1e3, "m": 1e6}.get(num[-1:].lower(), 1)
+            tokens = float(num[:-1] if mult != 1 else num) * mult
+            steps = math.ceil(tokens / tokens_per_step)
+        else:
+            steps = int(s)
+    except ValueError:
+        raise ValueError(f"--budget must be steps (e.g. 300) or tokens (e.g. 200ktok), got {text!r}") from None
+    if steps < 1:
+        raise ValueError(f"--budget must give at least 1 step, got {text!r}")
+    return steps
+
+
+def machine_info() -> dict:
+    """CPU model, logical cores, torch version, platform, OMP_NUM_THREADS and torch's thread count."""
+    import os
+    import platform
+
+    import torch
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _round(x, digits: int = 6):
+    return float(f"{x:.{digits}g}") if isinstance(x, float) else x
+
+
+def _gate_mean(v):
+    return statistics.fmean(v) if isinstance(v, list) and v else (v if isinstance(v, (int, float)) else None)
+
+
+def run_record(row: RunRow) -> dict:
+    """A RunRow as small JSON: the final metrics and the logged curve (a few dozen points)."""
+    h = row.history
+    final = {"val_loss": row.final_val_loss}
+    evals = [r for r in h if "val_loss" in r]
+    if evals:
+        final.update({k: evals[-1][k] for k in ("val_bpb", "mtp_acceptance") if k in evals[-1]})
+    vio = [_gate_mean(r.get("maxvio")) for r in h[len(h) - max(1, len(h) // 4):]]
+    vio = [v for v in vio if v is not None]
+    if vio:                                   # MaxVio_batch, mean over MoE layers, over the last quarter of rows
+        final["maxvio"] = statistics.fmean(vio)
+    curve = []
+    for r in h:
+        pt = {k: r[k] for k in ("step", "tokens", "main_loss", "val_loss", "val_bpb", "balance_loss") if k in r}
+        mv = _gate_mean(r.get("maxvio"))
+        if mv is not None and r.get("maxvio"):
+            pt["maxvio"] = mv
+        curve.append({k: _round(v) for k, v in pt.items()})
+    return {"variant": row.variant, "seed": row.seed, "final": {k: _round(v) for k, v in final.items()},
+            "tokens": row.tokens, "wall_s": round(row.wall_s, 1), "tokens_per_s": round(row.tokens_per_s, 1),
+            "curve": curve}
+
+
+def comparison_stats(comp: dict) -> dict:
+    """Paired differences B - A per metric over the seeds where both variants finished, with ``paired_interval``
+    where there are >= 2 pairs; metrics: val_loss, val_bpb, and maxvio where the runs have it."""
+    a, b = comp["a"], comp["b"]
+    by = {(r["variant"], r["seed"]): r["final"] for r in comp["runs"]}
+    seeds = [s for s in comp["seeds"] if (a, s) in by and (b, s) in by]
+    out = {}
+    for metric in ("val_loss", "val_bpb", "maxvio"):
+        pairs = {s: by[(b, s)][metric] - by[(a, s)][metric] for s in seeds
+                 if metric in by[(a, s)] and metric in by[(b, s)]}
+        if not pairs:
+            continue
+        entry = {"diffs": {str(s): _round(d) for s, d in pairs.items()},
+                 "a_mean": _round(statistics.fmean(by[(a, s)][metric] for s in pairs)),
+                 "b_mean": _round(statistics.fmean(by[(b, s)][metric] for s in pairs))}
+        if len(pairs) >= 2:
+            entry.update({k: (_round(v) if isinstance(v, float) else v)
+                          for k, v in paired_interval(pairs.values()).items()})
+            entry["ci95"] = [_round(x) for x in entry["ci95"]]
+        out[metric] = entry
+    return out
+
+
+def write_results(path, comparisons: dict, meta: dict) -> dict:
+    """Merge ``comparisons`` into the JSON at ``path`` (other comparisons already there are kept, so separate
+    invocations may each add theirs) under a file lock, and write it atomically. Returns the written data."""
+    import fcntl
+    import json
+    import os
+    from pathlib import Path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import hashlib
+    import tempfile
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]      # the lock lives outside the repository
+    with open(Path(tempfile.gettempdir()) / f"dsv3_edu_ablations_{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        if data.get("schema") not in (None, ABLATION_SCHEMA):
+            raise ValueError(f"{path} is not an ablation results file (schema {data.get('schema')!r})")
+        data["schema"] = ABLATION_SCHEMA
+        data.setdefault("comparisons", {}).update(comparisons)
+        data["commands"] = list(dict.fromkeys([*data.get("commands", []), meta["command"]]))
+        data.update({k: v for k, v in meta.items() if k != "command"})
+        data["command"] = meta["command"]                       # the latest invocation
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    return data
+
+
+def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out=None, command: str = "",
+                           dataset=None, progress: bool = True, tag: str | None = None) -> dict:
+    """Train A and B of each comparison in ``only`` (default: all of COMPARISONS) for ``base.steps``, once per
+    seed, seed-major; the A runs are shared between comparisons (same config, same seed = the same run).
+    After every run the JSON at ``out`` (if given) is rewritten, so an interrupted run leaves its finished
+    pairs with ``complete: false``. ``tag`` stores the comparisons as ``name@tag`` (e.g. a longer budget next
+    to the default one). Returns {comparison key: its record}."""
+    import datetime
+    import json
+
+    only = list(COMPARISONS) if only is None else list(only)
+    bad = [c for c in only if c not in COMPARISONS]
+    if bad or not only:
+        raise ValueError(f"unknown comparison(s) {bad}; choose from {', '.join(COMPARISONS)}")
+    seeds = tuple(int(s) for s in seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"a paired interval needs >= 2 distinct seeds, got {seeds}")
+    base.validate()
+    cfg = base.model_config()
+    variants = {}                                            # label -> ModelConfig overrides
+    comps = {}
+    for name in only:
+        question, a, b, spec, meaning = COMPARISONS[name]
+        over = spec(cfg) if callable(spec) else dict(spec)
+        variants.setdefault(a, {})
+        variants[b] = over
+        comps[name if tag is None else f"{name}@{tag}"] = {
+                       "name": name, "tag": tag, "question": question, "a": a, "b": b,
+                       "difference": f"{b} - {a} (per seed)",
+                       "positive_means": meaning, "metric": "val_loss",
+                       "overrides": {a: {}, b: over}, "seeds": list(seeds), "runs": [], "complete": False}
+    # one training run per distinct set of overrides and seed; labels that share overrides share the run
+    labels_of: dict[str, list[str]] = {}
+    for label, over in variants.items():
+        labels_of.setdefault(json.dumps(over, sort_keys=True), []).append(label)
+    plans = {key: [variant_train_config(base, variants[labels[0]], s) for s in seeds]
+             for key, labels in labels_of.items()}
+    counts = {}
+    for key, tcs in plans.items():
+        tcs[0].validate()
+        for label in labels_of[key]:
+            counts[label] = param_counts(tcs[0].model_config())
+    tokens_per_step = base.batch_size * base.seq_len * base.grad_accum
+    budget = {"steps": base.steps, "tokens": base.steps * tokens_per_step, "batch_size": base.batch_size,
+              "seq_len": base.seq_len, "grad_accum": base.grad_accum, "lr": base.lr,
+              "warmup_steps": base.warmup_steps, "eval_every": base.eval_every, "eval_batches": base.eval_batches,
+              "preset": base.preset, "model_overrides": base.model_overrides, "dtype": base.dtype}
+    machine = machine_info()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for c in comps.values():
+        c.update({"budget": budget, "params": {lab: {"activated": counts[lab]["activated_params"],
+                                                     "total": counts[lab]["total_params"]}
+                                               for lab in (c["a"], c["b"])},
+                  "command": command, "machine": machine, "started": started})
+    if dataset is None:
+        dataset, _ = load_data(base, cfg.vocab_size)
+    t_start = time.perf_counter()
+    from tqdm.auto import tqdm
+    done: dict[tuple[str, int], dict] = {}
+    bar = tqdm(total=len(seeds) * len(plans), desc="ablation runs", unit="run", disable=not progress)
+    for k, seed in enumerate(seeds):
+        for key, tcs in plans.items():
+            bar.set_postfix_str(f"{' = '.join(labels_of[key])}, seed {seed}")
+            t0 = time.perf_counter()
+            res = train(tcs[k], dataset=dataset, progress=False)
+            tps = [r["tokens_per_s"] for r in res.history]
+            for label in labels_of[key]:
+                row = RunRow(variant=label, seed=seed, final_val_loss=res.final_val_loss,
+                             tokens_per_s=statistics.median(tps) if tps else res.tokens_per_s,
+                             wall_s=time.perf_counter() - t0, activated_params=counts[label]["activated_params"],
+                             total_params=counts[label]["total_params"],
+                             tokens=res.history[-1]["tokens"] if res.history else 0, history=res.history)
+                done[(label, seed)] = run_record(row)
+            bar.update(1)
+            _refresh(comps, done, t_start, seeds, final=False)
+            if out is not None:
+                write_results(out, comps, {"command": command, "machine": machine})
+    bar.close()
+    _refresh(comps, done, t_start, seeds, final=True)
+    if out is not None:
+        write_results(out, comps, {"command": command, "machine": machine})
+    return comps
+
+
+def merge_results(files: list[dict]) -> dict:
+    """Comparisons of several results files (``load_ablations`` dicts) in one: a comparison present in several
+    files (the same key, A, B and budget; different seeds, e.g. from parallel invocations) gets the union of
+    their runs and recomputed paired statistics; ``commands`` lists each part's command, ``wall_s`` is the
+    longest part's (they ran in parallel). ValueError where the budgets or variants differ."""
+    import copy
+    out: dict[str, dict] = {}
+    for data in files:
+        for key, c in data["comparisons"].items():
+            if key not in out:
+                out[key] = copy.deepcopy(c)
+                out[key]["commands"] = [c["command"]]
+                continue
+            m = out[key]
+            if (m["a"], m["b"], m["budget"]) != (c["a"], c["b"], c["budget"]):
+                raise ValueError(f"cannot merge {key!r}: the files differ in variants or budget")
+            have = {(r["variant"], r["seed"]) for r in m["runs"]}
+            m["runs"] += [r for r in c["runs"] if (r["variant"], r["seed"]) not in have]
+            m["seeds"] = sorted(set(m["seeds"]) | set(c["seeds"]))
+            m["commands"].append(c["command"])
+            m["wall_s"] = max(m["wall_s"], c["wall_s"])
+            m["complete"] = m["complete"] and c["complete"]
+    for m in out.values():
+        m["runs"].sort(key=lambda r: (r["seed"], r["variant"] != m["a"]))
+        m["paired"] = comparison_stats(m)
+        n_pairs = len(m["paired"].get("val_loss", {}).get("diffs", {}))
+        m["complete"] = m["complete"] and n_pairs == len(m["seeds"])
+        m["status"] = "complete" if m["complete"] else f"partial: {n_pairs} of {len(m['seeds'])} seed pairs finished"
+        m["command"] = " ; ".join(m["commands"])
+    return out
+
+
+def _refresh(comps: dict, done: dict, t_start: float, seeds, final: bool) -> None:
+    import datetime
+    for c in comps.values():
+        c["runs"] = [done[(lab, s)] for s in seeds for lab in (c["a"], c["b"]) if (lab, s) in done]
+        c["paired"] = comparison_stats(c)
+        n_pairs = sum((c["a"], s) in done and (c["b"], s) in done for s in seeds)
+        c["complete"] = final and n_pairs == len(seeds)
+        c["status"] = ("complete" if c["complete"] else
+                       f"partial: {n_pairs} of {len(seeds)} seed pairs finished")
+        c["wall_s"] = round(time.perf_counter() - t_start, 1)
+        c["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv=None) -> None:
+    """``python -m dsv3_edu.experiments ablation --budget 200 --seeds 0 1 2 3 --out results/ablations.json``"""
+    import argparse
+    import shlex
+    import sys
+
+    import torch
+    p = argparse.ArgumentParser(prog="python -m dsv3_edu.experiments",
+                                description="Reference ablations with paired 95%% confidence intervals.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("ablation", help="train each comparison's two variants for the same budget over seeds")
+    a.add_argument("--budget", required=True, help="optimizer steps (300) or training tokens (200ktok, 1.5Mtok)")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    a.add_argument("--preset", default="nano")
+    a.add_argument("--only", default=",".join(COMPARISONS), help=f"comma-separated subset of {','.join(COMPARISONS)}")
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--seq-len", type=int, default=64)
+    a.add_argument("--lr", type=float, default=2e-3)
+    a.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of the budget)")
+    a.add_argument("--evals", type=int, default=4, help="validation evaluations per run (the last at the end)")
+    a.add_argument("--points", type=int, default=30, help="logged curve points per run")
+    a.add_argument("--eval-batches", type=int, default=16)
+    a.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    a.add_argument("--out", default="results/ablations.json")
+    a.add_argument("--tag", default=None, help="store the comparisons as NAME@TAG (e.g. a longer budget)")
+    mg = sub.add_parser("merge", help="merge results files that ran the same comparisons on different seeds")
+    mg.add_argument("paths", nargs="+")
+    mg.add_argument("--out", default="results/ablations.json")
+    r = sub.add_parser("report", help="print the Markdown table and the readings of an ablation results file")
+    r.add_argument("path", nargs="?", default=None, help="default: results/ablations.json")
+    args = p.parse_args(argv)
+    if args.cmd == "merge":
+        comps = merge_results([load_ablations(x) for x in args.paths])
+        cmd = "python -m dsv3_edu.experiments " + " ".join(shlex.quote(x) for x in
+                                                           (argv if argv is not None else sys.argv[1:]))
+        write_results(args.out, comps, {"command": cmd, "machine": machine_info()})
+        print(format_ablation_table(comps))
+        return
+    if args.cmd == "report":
+        data = load_ablations(args.path)
+        comps = data["comparisons"]
+        print(format_ablation_table(comps) + "\n")
+        for name, c in comps.items():
+            print(f"- {ablation_reading(name, c)}")
+            if "maxvio" in c.get("paired", {}) and name == "balance":
+                print(f"- {ablation_reading(name, c, 'maxvio')}")
+        return
+    torch.set_num_threads(args.threads)
+    steps = parse_budget(args.budget, args.batch_size * args.seq_len)
+    log_every = max(1, steps // args.points)
+    eval_every = log_every * max(1, (steps // log_every) // max(1, args.evals))
+    base = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                       lr=args.lr, warmup_steps=args.warmup if args.warmup is not None else max(1, steps // 10),
+                       eval_every=eval_every, eval_batches=args.eval_batches, log_every=log_every,
+                       dtype="fp32", mfu=False, out_dir=None, plots=False)
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    command = "python -m dsv3_edu.experiments " + " ".join(shlex.quote(x) for x in
+                                                           (argv if argv is not None else sys.argv[1:]))
+    comps = run_reference_ablation(base, seeds=args.seeds, only=only, out=args.out, command=command, tag=args.tag)
+    print(format_ablation_table(comps))
+
+
+def format_ablation_table(comparisons: dict, metric: str = "val_loss") -> str:
+    """A Markdown table, one line per comparison: the mean of A and B, the paired mean difference B - A, its
+    95% interval and whether it excludes zero (all computed from the results; no number typed by hand)."""
+    lines = ["| comparison | A | B | seeds | steps (tokens) | A mean | B mean | mean B - A | 95% CI | excludes 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, c in comparisons.items():
+        p = c.get("paired", {}).get(metric)
+        if not p:
+            continue
+        ci = p.get("ci95")
+        ci_s = f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "n/a (< 2 pairs)"
+        ex = ("yes" if p["excludes_zero"] else "no") if ci else "n/a"
+        mean = statistics.fmean(float(v) for v in p["diffs"].values())
+        b = c["budget"]
+        lines.append(f"| {name} | {c['a']} | {c['b']} | {len(p['diffs'])} | {b['steps']} ({b['tokens']:,}) | "
+                     f"{p['a_mean']:.4f} | {p['b_mean']:.4f} | {mean:+.4f} | {ci_s} | {ex} |")
+    return "\n".join(lines)
+
+
+# What the sources say, per comparison: (expected sign of B - A in val loss: +1, -1, 0 for "within the report's
+# relative bound", None for "no sign claim for this setting"; the claim and where it comes from).
+REPORT_EXPECTATION = {
+    "dense_vs_moe": (+1, "the V3 report has no dense ablation; DeepSeekMoE (Dai et al., 2024) finds the MoE "
+                         "model better than a dense one at equal activated parameters (dense - MoE > 0)"),
+    "mtp": (+1, "the report's MTP ablation (15.7B on 1.33T tokens, 228.7B on 540B tokens, Table 4) finds MTP "
+                "improves most benchmarks (MTP off - on > 0)"),
+    "balance": (None, "this comparison's aux loss is batch-wise (balance.batch_aux_loss); the report finds "
+                      "validation loss sequence-wise aux loss > aux-loss-free ~= batch-wise aux loss, and "
+                      "aux-loss-free better than a purely aux-loss-based baseline on most benchmarks"),
+    "fp8": (0, "the report's FP8 recipe keeps the relative loss error vs BF16 below 0.25% "
+               "(validated at about 16B and 230B parameters for about 1T tokens)"),
+}
+
+
+def default_results_path():
+    """``results/ablations.json`` of the repository this package lives in."""
+    from pathlib import Path
+    return Path(__file__).resolve().parents[1] / "results" / "ablations.json"
+
+
+def load_ablations(path=None) -> dict:
+    """The committed reference ablations (``results/ablations.json`` by default), as written by
+    ``python -m dsv3_edu.experiments ablation``; FileNotFoundError with the command to make them if missing."""
+    import json
+    from pathlib import Path
+    path = Path(path) if path is not None else default_results_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no ablation results at {path}; make them with "
+                                "python -m dsv3_edu.experiments ablation --budget 200 --out results/ablations.json")
+    data = json.loads(path.read_text())
+    if data.get("schema") != ABLATION_SCHEMA:
+        raise ValueError(f"{path} is not an ablation results file (schema {data.get('schema')!r})")
+    return data
+
+
+def ablation_reading(name: str, comp: dict, metric: str = "val_loss") -> str:
+    """An honest sentence about one comparison, generated from its numbers: the paired mean difference B - A,
+    its 95% interval, whether the interval excludes zero, and, where it does, the sign and size against the
+    report (REPORT_EXPECTATION). Nothing in it is typed by hand."""
+    p = comp.get("paired", {}).get(metric)
+    b = comp["budget"]
+    head = (f"{name} ({comp['b']} - {comp['a']}, {metric}, {b['steps']} steps = {b['tokens']:,} tokens per run"
+            f"{'' if comp.get('complete') else ', ' + comp.get('status', 'partial')})")
+    if not p or "ci95" not in p:
+        return f"{head}: fewer than 2 finished seed pairs, no interval."
+    lo, hi = p["ci95"]
+    unit = "bits/byte" if metric == "val_bpb" else ("" if metric == "maxvio" else "nats")
+    text = (f"{head}: mean difference {p['mean']:+.4f}{' ' + unit if unit else ''} over {p['n']} seeds, "
+            f"95% CI [{lo:+.4f}, {hi:+.4f}]")
+    if not p["excludes_zero"]:
+        return text + " contains zero: at this budget the two variants are not separated."
+    sign = 1 if p["mean"] > 0 else -1
+    text += f" excludes zero: {comp['b'] if sign < 0 else comp['a']} is better here"
+    if metric == "maxvio":
+        return text.replace("is better here", "balances better here (lower MaxVio)") + "."
+    rel = p["mean"] / p["a_mean"] if p.get("a_mean") else float("nan")
+    text += f" (relative difference {rel:+.2%})."
+    base_name = comp.get("name") or name.split("@")[0]
+    if base_name in REPORT_EXPECTATION:
+        expected, claim = REPORT_EXPECTATION[base_name]
+        if expected is None:                  # the sources make no sign claim for this exact setting
+            text += f" Compare with the sources: {claim}."
+            return text
+        if expected == 0:
+            verdict = ("within" if abs(rel) < 0.0025 else "larger than") + " the report's 0.25% bound"
+        else:
+            verdict = "the same sign as" if sign == expected else "the opposite sign to"
+        text += f" That is {verdict} the sources: {claim}."
+    return text
+
+
+if __name__ == "__main__":
+    main()

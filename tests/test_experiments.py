@@ -115,3 +115,183 @@ def test_run_ablation_checks_before_training(dataset):
         run_ablation(base_tc(), {"a": {}}, seeds=(1, 1), dataset=dataset)
     with pytest.raises(ValueError, match="n_activated_experts"):   # a bad model config fails before any run
         run_ablation(base_tc(), {"a": {}, "bad": {"n_activated_experts": 99}}, dataset=dataset)
+
+
+# ----------------------------------------------------------------------------- reference ablations
+def test_paired_interval_by_hand():
+    # diffs 1, 2, 3, 4: mean 2.5, sd sqrt(5/3) = 1.291, t_{0.975,3} = 3.182 -> 2.5 -/+ 3.182 * 1.291 / 2
+    from dsv3_edu.experiments import paired_interval
+    p = paired_interval([1, 2, 3, 4])
+    assert p["n"] == 4 and p["mean"] == pytest.approx(2.5) and p["sd"] == pytest.approx(1.2910, abs=1e-4)
+    assert p["t"] == pytest.approx(3.182, abs=1e-3)
+    assert p["ci95"] == pytest.approx([0.446, 4.554], abs=1e-3) and p["excludes_zero"] is True
+    assert paired_interval([-1, 1, 2])["excludes_zero"] is False
+    assert paired_interval([-3, -2, -2.5])["excludes_zero"] is True, "an interval below zero excludes it too"
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_interval([1.0])
+
+
+def test_t_quantiles_match_the_printed_table():
+    from dsv3_edu.experiments import student_t_two_sided, t_quantile_975
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 7: 2.365, 10: 2.228, 30: 2.042}
+    for dof, t in table.items():
+        assert t_quantile_975(dof) == pytest.approx(t, abs=1e-3), dof
+    assert student_t_two_sided(0.0, 3) == 0.0 and student_t_two_sided(1e6, 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_quantile_975(0)
+
+
+def test_parse_budget_steps_and_tokens():
+    from dsv3_edu.experiments import parse_budget
+    assert parse_budget("300", 512) == 300
+    assert parse_budget("200ktok", 512) == 391            # ceil(200000 / 512)
+    assert parse_budget("1.5Mtok", 1000) == 1500
+    assert parse_budget("1024tok", 512) == 2
+    for bad in ("abc", "0", "-3", "xtok"):
+        with pytest.raises(ValueError, match="--budget"):
+            parse_budget(bad, 512)
+
+
+def test_reference_ablation_json_schema(dataset, tmp_path):
+    import json
+
+    from dsv3_edu.experiments import COMPARISONS, format_ablation_table, run_reference_ablation
+    out = tmp_path / "results" / "ablations.json"
+    base = base_tc(steps=2, eval_every=2, log_every=1)
+    comps = run_reference_ablation(base, seeds=(0, 1), only=["dense_vs_moe", "balance"], out=out,
+                                   command="test-cmd", dataset=dataset, progress=False)
+    data = json.loads(out.read_text())
+    assert data["schema"] == "dsv3_edu.ablations/1" and data["command"] == "test-cmd"
+    assert set(data["machine"]) >= {"cpu", "cores", "torch"}
+    assert list(data["comparisons"]) == ["dense_vs_moe", "balance"] == list(comps)
+    for name, c in data["comparisons"].items():
+        assert c["a"] == COMPARISONS[name][1] and c["b"] == COMPARISONS[name][2]
+        assert c["complete"] is True and c["status"] == "complete" and c["seeds"] == [0, 1]
+        assert c["budget"]["steps"] == 2 and c["budget"]["tokens"] == 2 * 2 * 16
+        assert c["command"] == "test-cmd" and c["wall_s"] >= 0
+        assert [(r["variant"], r["seed"]) for r in c["runs"]] == [(c["a"], 0), (c["b"], 0), (c["a"], 1), (c["b"], 1)]
+        by = {(r["variant"], r["seed"]): r for r in c["runs"]}
+        for r in c["runs"]:
+            assert len(r["curve"]) == 2 and r["curve"][-1]["step"] == 2 and "val_loss" in r["curve"][-1]
+            assert r["final"]["val_loss"] == r["curve"][-1]["val_loss"]
+        p = c["paired"]["val_loss"]
+        diffs = [by[(c["b"], s)]["final"]["val_loss"] - by[(c["a"], s)]["final"]["val_loss"] for s in (0, 1)]
+        assert [p["diffs"]["0"], p["diffs"]["1"]] == pytest.approx(diffs, abs=1e-5)
+        assert p["n"] == 2 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+        assert p["excludes_zero"] == (p["ci95"][0] > 0 or p["ci95"][1] < 0)
+    # the MoE model is shared: its runs are the same in both comparisons (one training per config and seed)
+    moe = data["comparisons"]["dense_vs_moe"]["runs"][0]["final"]["val_loss"]
+    assert data["comparisons"]["balance"]["runs"][0]["final"]["val_loss"] == moe
+    assert "maxvio" in data["comparisons"]["balance"]["paired"]
+    dense = data["comparisons"]["dense_vs_moe"]["params"]
+    assert abs(dense["MoE"]["activated"] - dense["dense (same activated params)"]["activated"]) \
+        <= 3 * TOY_MODEL["dim"] * TOY_MODEL["n_layers"]
+    # a second invocation adds its comparison and keeps the others
+    run_reference_ablation(base, seeds=(0, 1), only=["mtp"], out=out, command="cmd-2", dataset=dataset,
+                           progress=False)
+    data = json.loads(out.read_text())
+    assert list(data["comparisons"]) == ["dense_vs_moe", "balance", "mtp"]
+    assert data["commands"] == ["test-cmd", "cmd-2"] and data["comparisons"]["balance"]["command"] == "test-cmd"
+    table = format_ablation_table(data["comparisons"])
+    ci = data["comparisons"]["mtp"]["paired"]["val_loss"]["ci95"]
+    assert f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" in table and table.count("\n") == 4
+
+
+def test_report_command_prints_table_and_readings(dataset, tmp_path, capsys):
+    from dsv3_edu.experiments import format_ablation_table, load_ablations, main, run_reference_ablation
+    out = tmp_path / "ablations.json"
+    run_reference_ablation(base_tc(steps=2, eval_every=2), seeds=(0, 1), only=["balance"], out=out,
+                           command="cmd", dataset=dataset, progress=False)
+    capsys.readouterr()
+    main(["report", str(out)])
+    printed = capsys.readouterr().out
+    comps = load_ablations(out)["comparisons"]
+    assert format_ablation_table(comps) in printed
+    assert "- balance (aux loss - aux-loss-free, val_loss" in printed and "maxvio" in printed
+    with pytest.raises(FileNotFoundError, match="python -m dsv3_edu.experiments ablation"):
+        load_ablations(tmp_path / "missing.json")
+
+
+def test_reference_ablation_checks_before_training(dataset):
+    from dsv3_edu.experiments import run_reference_ablation
+    with pytest.raises(ValueError, match="unknown comparison"):
+        run_reference_ablation(base_tc(), only=["dense"], dataset=dataset)
+    with pytest.raises(ValueError, match="2 distinct seeds"):
+        run_reference_ablation(base_tc(), seeds=(0,), dataset=dataset)
+
+
+def _fake_comparison(name, diffs, a_loss=5.0):
+    """A comparison record in the results-file format, with made-up final losses (B = A + diff per seed)."""
+    from dsv3_edu.experiments import COMPARISONS, comparison_stats
+    _, a, b, _, _ = COMPARISONS[name]
+    runs = []
+    for s, d in enumerate(diffs):
+        for label, loss in ((a, a_loss), (b, a_loss + d)):
+            runs.append({"variant": label, "seed": s, "final": {"val_loss": loss},
+                         "curve": [{"step": 1, "tokens": 10, "main_loss": loss + 1},
+                                   {"step": 2, "tokens": 20, "main_loss": loss, "val_loss": loss}]})
+    comp = {"question": "q", "a": a, "b": b, "seeds": list(range(len(diffs))), "runs": runs, "complete": True,
+            "budget": {"steps": 2, "tokens": 20}}
+    comp["paired"] = comparison_stats(comp)
+    return comp
+
+
+def test_ablation_reading_is_generated_from_the_numbers():
+    from dsv3_edu.experiments import ablation_reading
+    moe = _fake_comparison("dense_vs_moe", [0.10, 0.12, 0.11, 0.13])
+    text = ablation_reading("dense_vs_moe", moe)
+    ci = moe["paired"]["val_loss"]["ci95"]
+    assert f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" in text and "excludes zero" in text
+    assert "MoE is better" in text and "the same sign as" in text
+    worse = ablation_reading("mtp", _fake_comparison("mtp", [-0.10, -0.12, -0.11, -0.13]))
+    assert "MTP off is better" in worse and "the opposite sign to" in worse
+    noisy = ablation_reading("balance", _fake_comparison("balance", [0.1, -0.1, 0.05, -0.02]))
+    assert "contains zero" in noisy and "not separated" in noisy
+    balance = ablation_reading("balance", _fake_comparison("balance", [0.10, 0.12, 0.11, 0.13]))
+    assert "aux-loss-free is better" in balance and "Compare with the sources" in balance
+    fp8 = ablation_reading("fp8", _fake_comparison("fp8", [0.0010, 0.0011, 0.0012, 0.0010], a_loss=5.0))
+    assert "within the report's 0.25% bound" in fp8                      # about +0.02% relative
+    partial = _fake_comparison("fp8", [0.01])
+    partial.update(complete=False, status="partial: 1 of 4 seed pairs finished")
+    assert "no interval" in ablation_reading("fp8", partial) and "partial: 1 of 4" in ablation_reading("fp8", partial)
+
+
+def test_ablation_plots():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsv3_edu.viz.ablations import plot_ablation_curves, plot_intervals
+    comps = {"dense_vs_moe": _fake_comparison("dense_vs_moe", [0.1, 0.2]),
+             "mtp": _fake_comparison("mtp", [0.0, 0.1])}
+    fig = plot_intervals(comps)
+    assert len(fig.axes) == 2 and "dense_vs_moe" in fig.axes[0].get_title()
+    fig2 = plot_ablation_curves(comps["mtp"])
+    assert len(fig2.axes[0].lines) == 4, "one line per variant and seed"
+    with pytest.raises(ValueError, match="maxvio"):
+        plot_intervals(comps, metric="maxvio")
+    plt.close("all")
+
+
+def test_tagged_runs_on_different_seeds_merge(dataset, tmp_path):
+    from dsv3_edu.experiments import load_ablations, merge_results, run_reference_ablation
+    base = base_tc(steps=2, eval_every=2)
+    parts = []
+    for seeds in ((0, 1), (2, 3)):
+        out = tmp_path / f"part{seeds[0]}.json"
+        run_reference_ablation(base, seeds=seeds, only=["fp8"], out=out, command=f"cmd{seeds}", dataset=dataset,
+                               tag="short", progress=False)
+        parts.append(load_ablations(out))
+    assert list(parts[0]["comparisons"]) == ["fp8@short"] and parts[0]["comparisons"]["fp8@short"]["name"] == "fp8"
+    merged = merge_results(parts)["fp8@short"]
+    assert merged["seeds"] == [0, 1, 2, 3] and merged["complete"] and merged["status"] == "complete"
+    assert [(r["variant"] == merged["a"], r["seed"]) for r in merged["runs"]] == \
+        [(True, 0), (False, 0), (True, 1), (False, 1), (True, 2), (False, 2), (True, 3), (False, 3)]
+    p = merged["paired"]["val_loss"]
+    assert p["n"] == 4 and list(p["diffs"]) == ["0", "1", "2", "3"]
+    assert p["diffs"]["2"] == parts[1]["comparisons"]["fp8@short"]["paired"]["val_loss"]["diffs"]["2"]
+    assert merged["commands"] == ["cmd(0, 1)", "cmd(2, 3)"]
+    other = load_ablations(tmp_path / "part0.json")
+    other["comparisons"]["fp8@short"]["budget"] = {**other["comparisons"]["fp8@short"]["budget"], "steps": 3}
+    with pytest.raises(ValueError, match="budget"):
+        merge_results([parts[0], other])
