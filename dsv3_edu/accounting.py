@@ -92,7 +92,7 @@ def format_count(n: int) -> str:
     return str(n)
 
 
-def format_table(r: dict) -> str:
+def format_report(r: dict) -> str:
     rows = [
         ("total parameters (main model)", format_count(r["total_params"])),
         ("activated per token", format_count(r["activated_params"])),
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     r = report(cfg)
-    print(json.dumps(r, indent=2) if args.json else format_table(r))
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0
 
 

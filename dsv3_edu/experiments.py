@@ -4,11 +4,11 @@ Every variant gets the same steps, batch, sequence length, learning-rate schedul
 so all of them see the same tokens; only the model changes. A variant is a set of ``ModelConfig`` overrides
 (and, rarely, ``TrainConfig`` overrides)::
 
-    from dsv3_edu.experiments import format_table, matched_dense_overrides, run_ablation, summarize
+    from dsv3_edu.experiments import format_summary, matched_dense_overrides, run_ablation, summarize
     base = TrainConfig(preset="nano", steps=300, out_dir=None)
     variants = {"MoE": {}, "dense": matched_dense_overrides(base.model_config()), "no MTP": {"n_mtp": 0}}
     rows = run_ablation(base, variants, seeds=(0, 1))
-    print(format_table(summarize(rows)))
+    print(format_summary(summarize(rows)))
 
 The loss compared is the *main* next-token validation loss (the MTP loss is a training signal, not the
 metric), averaged over the same validation batches for every run.
@@ -171,7 +171,7 @@ def summarize(rows: list[RunRow], reference: str | None = None) -> list[dict]:
     return out
 
 
-def format_table(summary: list[dict]) -> str:
+def format_summary(summary: list[dict]) -> str:
     """A plain-text table of ``summarize`` output; the spread is half the max-min range over seeds."""
     w = max(7, *(len(s["variant"]) for s in summary))
     head = (f"{'variant':<{w}}  {'seeds':>5}  {'val loss':>16}  {'vs first':>8}  {'tok/s':>7}  "

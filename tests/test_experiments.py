@@ -6,7 +6,7 @@ from dsv3_edu.accounting import param_counts
 from dsv3_edu.config import get_config
 from dsv3_edu.experiments import (
     Variant,
-    format_table,
+    format_summary,
     matched_dense_inter_dim,
     matched_dense_overrides,
     mean_histories,
@@ -95,7 +95,7 @@ def test_run_ablation_rows_summary_and_histories(dataset, capsys):
     assert other[1]["delta_vs_reference"] == 0
     with pytest.raises(ValueError, match="missing"):
         summarize(rows, reference="missing")
-    table = format_table(summary)
+    table = format_summary(summary)
     assert "no mtp" in table and f"{summary[1]['val_loss']:.4f}" in table
 
     hist = mean_histories(rows)

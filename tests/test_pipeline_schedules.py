@@ -10,7 +10,7 @@ from dsv3_edu.parallel.pipeline import (
     check_schedule,
     dualpipe,
     dualpipev,
-    format_table,
+    format_bubble_table,
     make_schedule,
     one_f_one_b,
     simulate,
@@ -255,7 +255,7 @@ def test_bubble_table_reproduces_table2():
         assert r["params"] == r["params_formula"] and r["activations"] == r["activations_formula"]
     by = {r["method"]: r["bubble"] for r in rows}
     assert by["1f1b"] == 21 and by["zb1p"] == 7 and by["dualpipe"] == 4.5
-    text = format_table(rows)
+    text = format_bubble_table(rows)
     assert "dualpipe" in text and "4.5" in text
     assert [r["method"] for r in bubble_table(pp=3, n_micro=8)] == ["1f1b", "zb1p", "dualpipev"]
 

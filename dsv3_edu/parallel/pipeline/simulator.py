@@ -217,7 +217,7 @@ def bubble_table(pp: int = 8, n_micro: int = 20, F: float = 1.0, B: float = 1.0,
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_bubble_table(rows: list[dict]) -> str:
     """A plain-text table of ``bubble_table`` rows."""
     head = (f"{'method':<10} {'PP':>3} {'n':>4} {'bubble':>8} {'formula':>8} {'applies':>7} {'params':>7} "
             f"{'acts':>5} {'acts(T2)':>8} {'total':>7}")
