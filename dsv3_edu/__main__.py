@@ -31,7 +31,8 @@ def _train(args) -> int:
             v = getattr(args, f.name, None)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {v}")
-        tc.model_overrides = _parse_set(args.set or [])
+        from .config import parse_sets
+        tc.model_overrides = parse_sets(args.set)
         if args.resume is not None and not Path(args.resume).exists():
             raise FileNotFoundError(f"--resume {args.resume}: no such run folder")
         if args.resume is not None and (args.set or args.preset):
@@ -61,18 +62,6 @@ def _train(args) -> int:
     if args.samples:
         _print_samples(res.model, args.samples, res.out_dir)
     return 0
-
-
-def _parse_set(items: list[str]) -> dict:
-    """``--set FIELD=VALUE ...`` -> {field: value}, each VALUE parsed by the field's type (see config.parse_field)."""
-    from .config import parse_field
-    out = {}
-    for kv in items:
-        if "=" not in kv:
-            raise ValueError(f"--set {kv}: expected FIELD=VALUE, e.g. n_mtp=0 or balance=aux_loss")
-        k, v = kv.split("=", 1)
-        out[k.strip()] = parse_field(k.strip(), v)
-    return out
 
 
 def _announce_recipe(given: dict) -> dict:

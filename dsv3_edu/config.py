@@ -192,6 +192,17 @@ def _type_ok(t: str, v) -> bool:
             "str | None": v is None or isinstance(v, str)}[t]
 
 
+def parse_sets(items: list[str] | None) -> dict:
+    """``--set FIELD=VALUE ...`` of a command line -> {field: value}, each VALUE parsed by :func:`parse_field`."""
+    out = {}
+    for kv in items or []:
+        if "=" not in kv:
+            raise ValueError(f"--set {kv}: expected FIELD=VALUE, e.g. n_mtp=0 or balance=aux_loss")
+        k, v = kv.split("=", 1)
+        out[k.strip()] = parse_field(k.strip(), v)
+    return out
+
+
 def parse_field(name: str, text: str):
     """One ``FIELD=VALUE`` of the command line, VALUE parsed by the field's type: ``balance=aux_loss``,
     ``balance='"aux_loss"'`` (JSON-quoted), ``n_mtp=0``, ``fp8=true``, ``rope_factor=40``, ``scale_fmt=none``.

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field, fields, replace
 
 from .accounting import format_count, param_counts
-from .config import ModelConfig
+from .config import ModelConfig, parse_sets
 from .train import TrainConfig, TrainResult, load_data, train
 
 
@@ -548,6 +548,8 @@ def main(argv=None) -> None:
     a.add_argument("--budget", required=True, help="optimizer steps (300) or training tokens (200ktok, 1.5Mtok)")
     a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     a.add_argument("--preset", default="nano")
+    a.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="model config overrides of the base (A) model, "
+                   "e.g. vocab_size=4096")
     a.add_argument("--only", default=",".join(COMPARISONS), help=f"comma-separated subset of {','.join(COMPARISONS)}")
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--seq-len", type=int, default=64)
@@ -585,7 +587,8 @@ def main(argv=None) -> None:
     steps = parse_budget(args.budget, args.batch_size * args.seq_len)
     log_every = max(1, steps // args.points)
     eval_every = log_every * max(1, (steps // log_every) // max(1, args.evals))
-    base = TrainConfig(preset=args.preset, steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
+    base = TrainConfig(preset=args.preset, model_overrides=parse_sets(args.set), steps=steps,
+                       batch_size=args.batch_size, seq_len=args.seq_len,
                        lr=args.lr, warmup_steps=args.warmup if args.warmup is not None else max(1, steps // 10),
                        eval_every=eval_every, eval_batches=args.eval_batches, log_every=log_every,
                        dtype="fp32", mfu=False, out_dir=None, plots=False)
