@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name: (preset, model overrides, train overrides); MTP is off unless a candidate turns it on
 CANDIDATES: dict[str, tuple[str, dict, dict]] = {
-    "cpu-v8192": ("cpu", {}, {}),                                               # the default before this sweep
+    "cpu-v8192": ("cpu", {"vocab_size": 8192}, {"lr": 2e-3}),                   # the default before this sweep
     "v4096-lr2e-3": ("cpu", {"vocab_size": 4096}, {"lr": 2e-3}),
     "v4096-lr4e-3": ("cpu", {"vocab_size": 4096}, {"lr": 4e-3}),
     "v4096-lr8e-3": ("cpu", {"vocab_size": 4096}, {"lr": 8e-3}),
@@ -88,9 +87,9 @@ def probe(name: str, warmup: int = 3, steps: int = 20, dtype: str = "auto") -> f
 
 
 def machine() -> dict:
+    from dsv3_edu.experiments import machine_info
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
-            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "loadavg_at_start": load,
+    return {**machine_info(), "threads": torch.get_num_threads(), "loadavg_at_start": load,
             "git": _git("rev-parse", "--short", "HEAD")}
 
 

@@ -17,7 +17,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train(args) -> int:
+    import time
+
     from .train import TrainConfig, TrainingDiverged, train
+    t_start = time.perf_counter()
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None and f.name != "model_overrides"}
     try:
@@ -56,12 +59,52 @@ def _train(args) -> int:
         print(format_bits_per_byte(ev["val_bpb"], ev))
     if "mtp_acceptance" in ev:
         print(f"MTP draft acceptance (teacher-forced, validation) {ev['mtp_acceptance']:.1%}")
+    likeness = _python_likeness(res.model, tc) if args.samples else None
+    if likeness:
+        s, c = likeness["samples"], likeness["heldout"]
+        print(f"samples: {s['share']:.0%} of complete top-level statements compile ({s['parsed']} of "
+              f"{s['statements']}, {s['n_samples']} samples at temperature {s['temperature']}); held-out code cut "
+              f"the same way: {c['share']:.0%}")
     if res.out_dir:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
         _print_samples(res.model, args.samples, res.out_dir)
+    if args.record:
+        _write_record(args.record, res, tc, likeness, time.perf_counter() - t_start)
+        print(f"run record: {args.record}")
     return 0
+
+
+def _python_likeness(model, tc) -> dict:
+    """Python-likeness of fixed-prompt samples and of held-out code cut the same way (dsv3_edu.evaluate)."""
+    from .evaluate import DEFAULT_PROMPTS, heldout_python_likeness, sample_python_likeness
+    from .train import load_data
+    dataset, tok = load_data(tc, model.cfg.vocab_size)
+    seeds, temperature = (0, 1), 0.8
+    samples = sample_python_likeness(model, tok, DEFAULT_PROMPTS, seeds, temperature=temperature)
+    samples.update(n_samples=len(DEFAULT_PROMPTS) * len(seeds), temperature=temperature)
+    return {"samples": samples, "heldout": heldout_python_likeness(dataset["val"], tok)}
+
+
+def _write_record(path: str, res, tc, likeness: dict | None, wall_s: float) -> None:
+    """The run's figures as small JSON (results/default_run.json is this file for the README's first command):
+    command, machine, wall time, configs, final evaluation, speed, Python-likeness and the logged curve."""
+    import json
+    import shlex
+    from dataclasses import asdict
+
+    from .data.corpus import atomic_write_text
+    from .experiments import machine_info
+    curve = [{k: r[k] for k in ("step", "tokens", "main_loss", "val_loss", "val_bpb", "tokens_per_s") if k in r}
+             for r in res.history]
+    record = {"schema": "dsv3_edu.run/1", "command": "python -m dsv3_edu " + shlex.join(sys.argv[1:]),
+              "machine": machine_info(), "wall_s": round(wall_s, 1), "train_config": asdict(tc),
+              "model_config": res.model.cfg.to_dict(), "params": res.model.num_params(),
+              "final_eval": res.final_eval, "tokens_per_s": res.tokens_per_s, "dtype": res.dtype,
+              "flops_per_token": res.flops_per_token, "peak_flops": res.peak_flops, "mfu": res.mfu,
+              "python_likeness": likeness, "curve": curve}
+    atomic_write_text(Path(path), json.dumps(record, indent=1) + "\n")
 
 
 def _announce_recipe(given: dict) -> dict:
@@ -205,7 +248,7 @@ TRAIN_HELP = {   # one line per TrainConfig field: what `python -m dsv3_edu trai
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import TrainConfig
+    from .train import CPU_RECIPE, GPU_RECIPE, TrainConfig
     p = _Parser(prog="python -m dsv3_edu", description="dsv3-edu: DeepSeek-V3 from scratch")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -214,18 +257,22 @@ def main(argv: list[str] | None = None) -> int:
     for f in fields(TrainConfig):
         if f.name in ("model_overrides", "world_size"):     # world_size: set by torchrun, recorded only
             continue
-        d = getattr(defaults, f.name)
+        d = CPU_RECIPE.get(f.name, getattr(defaults, f.name))     # what the command uses on a CPU
         kind = type(d) if d is not None else (int if f.name.endswith("bytes") else str)
         what = TRAIN_HELP.get(f.name, f.name.replace("_", " "))
         if kind is bool:
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
                            default=None, help=f"{what} (default: {'on' if d else 'off'})")
         else:
+            gpu = f"; on CUDA {GPU_RECIPE[f.name]}" if f.name in GPU_RECIPE else ""
             t.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                           help=f"{what} (default: {d})")
+                           help=f"{what} (default: {d}{gpu})")
     t.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="model config overrides, e.g. n_mtp=0")
     t.add_argument("--resume", help="continue a run from its folder (same data order, optimizer, biases)")
-    t.add_argument("--samples", type=int, default=3, help="print this many samples at the end (0: none)")
+    t.add_argument("--samples", type=int, default=3, help="print this many samples at the end and score the "
+                   "Python-likeness of 12 fixed-prompt samples (0: neither)")
+    t.add_argument("--record", metavar="FILE", help="also write the run's figures, curve, machine, command and "
+                   "wall time to FILE as JSON (e.g. results/default_run.json)")
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="generate from a checkpoint")

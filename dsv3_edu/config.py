@@ -274,14 +274,15 @@ PRESETS: dict[str, ModelConfig] = {
                         q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
                         max_seq_len=128, moe_inter_dim=64, n_routed_experts=8, n_shared_experts=1,
                         n_activated_experts=2, n_expert_groups=4, n_limited_groups=2),
-    # the default model: minutes on a 2-core CPU
+    # notebook 09's model: minutes on a 2-core CPU
     "tiny": ModelConfig(vocab_size=8192, dim=256, n_layers=4, n_dense_layers=1, inter_dim=768, n_heads=4,
                         q_lora_rank=96, kv_lora_rank=64, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
                         max_seq_len=256, moe_inter_dim=128, n_routed_experts=16, n_shared_experts=1,
                         n_activated_experts=4, n_expert_groups=4, n_limited_groups=2),
-    # the default run's model (docs/recipe.md): small and trained long, for a 2-core CPU's ~10 minutes. MTP is off
-    # because at this budget its 66% extra FLOPs cost more than it gives back (the sweep); --set n_mtp=1 turns it on
-    "cpu": ModelConfig(vocab_size=8192, dim=128, n_layers=4, n_dense_layers=1, inter_dim=384, n_heads=4,
+    # the default run's model (docs/recipe.md): small and trained long, for a 2-core CPU's ~10 minutes. The sweep
+    # at equal wall-clock chose vocabulary 4096 (its head costs half of 8192's; 2048 packs too few bytes per token)
+    # and MTP off (its extra block and second pass through the head cost more tokens than it gives back here)
+    "cpu": ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_dense_layers=1, inter_dim=384, n_heads=4,
                        q_lora_rank=64, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
                        max_seq_len=256, moe_inter_dim=96, n_routed_experts=8, n_shared_experts=1,
                        n_activated_experts=2, n_expert_groups=4, n_limited_groups=2, n_mtp=0),

@@ -153,51 +153,80 @@ def _status(source: str) -> str:
             return "error"
 
 
-def python_likeness(text: str, drop_last: bool = True) -> dict:
+def python_likeness(text: str, drop_last: bool = True, skip: int = 0) -> dict:
     """Share of the complete top-level statements of ``text`` that Python accepts.
 
     The text is cut at ``top_level_statements``; a block that is *incomplete* (a column-0 line inside a
     docstring, say) is joined with the next ones until the whole compiles or fails. Each such statement
-    counts once, parsed or not. drop_last: leave out the last statement, which a sample cut at a token
-    budget usually ends mid-way (an unfinished one at the end never counts as parsed). Blocks of only
-    comments do not count. Returns {"share", "parsed", "statements"}.
+    counts once, parsed or not. drop_last: the text was cut at a token budget, so its last statement, usually
+    unfinished, is left out; a text left with no statement to count then counts as one failed statement
+    (a sample must show at least one whole statement: 256 tokens of noise on one line are not Python).
+    skip: statements that end within the first ``skip`` characters (the prompt a sample continues) are not
+    counted. Blocks of only comments do not count. Returns {"share", "parsed", "statements"}.
     """
-    blocks = [b for b in top_level_statements(text) if b.strip() and not b.lstrip().startswith("#")]
+    blocks, pos = [], 0
+    for b in top_level_statements(text):
+        pos += len(b)
+        if b.strip() and not b.lstrip().startswith("#"):
+            blocks.append((b, pos))
     statuses, buf = [], ""
-    for b in blocks:
+    for b, end in blocks:
         buf += b
         status = _status(buf)
         if status != "incomplete":
-            statuses.append(status)
+            statuses.append((status, end))
             buf = ""
     if buf:
-        statuses.append("error")                  # unfinished at the end of the text
+        statuses.append(("error", len(text)))     # unfinished at the end of the text
     if drop_last:
         statuses = statuses[:-1]
+    statuses = [st for st, end in statuses if end > skip]
+    if drop_last and not statuses:
+        statuses = ["error"]
     ok = statuses.count("ok")
     return {"share": ok / len(statuses) if statuses else 0.0, "parsed": ok, "statements": len(statuses)}
 
 
-def pooled_python_likeness(texts, drop_last: bool = True) -> dict:
-    """``python_likeness`` pooled over many texts (statements summed, not shares averaged)."""
+def pooled_python_likeness(texts, drop_last: bool = True, skips=None) -> dict:
+    """``python_likeness`` pooled over many texts (statements summed, not shares averaged); ``skips``: each
+    text's prompt length in characters (default 0)."""
     parsed = statements = 0
-    for t in texts:
-        r = python_likeness(t, drop_last)
+    texts = list(texts)
+    for t, skip in zip(texts, skips if skips is not None else [0] * len(texts)):
+        r = python_likeness(t, drop_last, skip)
         parsed += r["parsed"]
         statements += r["statements"]
     return {"share": parsed / statements if statements else 0.0, "parsed": parsed, "statements": statements}
+
+
+def heldout_python_likeness(val_tokens: torch.Tensor, tokenizer, max_tokens: int = 258,
+                            max_docs: int | None = None) -> dict:
+    """The ceiling of ``sample_python_likeness``: the same measure on real held-out code cut the way a sample
+    is (the first ``max_tokens`` tokens of each validation document: a short prompt + 256 sampled tokens, the
+    last, usually cut-off statement left out). ``val_tokens``: the validation stream, documents ended by
+    <|eos|>. Returns the pooled dict."""
+    ids = val_tokens.tolist()
+    docs, start = [], 0
+    for i, t in enumerate(ids):
+        if t == tokenizer.eos_id:
+            if i > start:
+                docs.append(ids[start:i])
+            start = i + 1
+    docs = docs[:max_docs] if max_docs else docs
+    return pooled_python_likeness(tokenizer.decode(d[:max_tokens], skip_special=True) for d in docs)
 
 
 @torch.no_grad()
 def sample_python_likeness(model, tokenizer, prompts=DEFAULT_PROMPTS, seeds=(0, 1), max_new_tokens: int = 256,
                            temperature: float = 0.8, top_k: int | None = None) -> dict:
     """Sample from ``model`` (``dsv3_edu.generate.generate``) for each prompt and seed, cut each sample at its
-    first <|eos|>, and pool ``python_likeness`` over prompt + sample. Returns the pooled dict plus "samples"."""
+    first <|eos|>, and pool ``python_likeness`` over prompt + sample (a statement the prompt completes does not
+    count). Returns the pooled dict plus "samples"."""
     from .generate import generate
     if not 0 < temperature <= 0.8:
         raise ValueError(f"sample_python_likeness: temperature must be in (0, 0.8], got {temperature}")
     device = next(model.parameters()).device
-    samples = []
+    samples, skips = [], []
     for prompt in prompts:
         ids = torch.tensor([tokenizer.encode(prompt)], device=device)
         for seed in seeds:
@@ -206,4 +235,5 @@ def sample_python_likeness(model, tokenizer, prompts=DEFAULT_PROMPTS, seeds=(0, 
             if tokenizer.eos_id in out:
                 out = out[:out.index(tokenizer.eos_id)]
             samples.append(tokenizer.decode(out, skip_special=True))
-    return {**pooled_python_likeness(samples), "samples": samples}
+            skips.append(len(prompt))             # a statement the prompt completes is not the model's
+    return {**pooled_python_likeness(samples, skips=skips), "samples": samples}

@@ -88,8 +88,11 @@ class TrainConfig:
         return cls(**d)
 
 
-# The default command's recipe per device kind: TrainConfig's defaults are the CPU recipe (docs/recipe.md);
-# on CUDA the command line swaps in a GPU-sized one for the fields the user did not set, and says so.
+# The default command's recipe per device kind (docs/recipe.md: chosen by benchmarks/sweep_recipe.py at equal
+# wall-clock): the command line fills in the fields the user did not set, and prints which recipe it used.
+# TrainConfig's own defaults stay what the notebooks were written against.
+CPU_RECIPE = {"preset": "cpu", "batch_size": 16, "seq_len": 128, "steps": 1200, "lr": 4e-3, "warmup_steps": 40,
+              "eval_every": 200, "eval_batches": 16, "save_every": 400, "log_every": 20}
 GPU_RECIPE = {"preset": "small", "batch_size": 32, "seq_len": 512, "steps": 2000, "lr": 1.5e-3, "warmup_steps": 100,
               "eval_every": 250, "save_every": 500, "log_every": 25}
 
@@ -98,7 +101,7 @@ def recipe_for(device: torch.device) -> tuple[str, dict]:
     """(name, TrainConfig fields) of the default run on ``device``: the GPU recipe on CUDA, else the CPU one."""
     if device.type == "cuda":
         return "GPU", dict(GPU_RECIPE)
-    return "CPU", {}
+    return "CPU", dict(CPU_RECIPE)
 
 
 class TrainingDiverged(RuntimeError):

@@ -157,6 +157,13 @@ def test_python_likeness_of_hand_made_texts():
     assert python_likeness("x = 1\ny = f(\n", drop_last=False) == {"share": 0.5, "parsed": 1, "statements": 2}
     pooled = pooled_python_likeness([GOOD, bad])
     assert pooled == {"share": 5 / 8, "parsed": 5, "statements": 8}
+    # a sample with no whole statement (noise on one line, cut at the budget) is one failed statement, not 0 of 0
+    assert python_likeness("def  GetJoin dis bz zz(( x") == {"share": 0.0, "parsed": 0, "statements": 1}
+    # the prompt's own statement is not the model's: "import os\n" + noise scores 0, not 1 of 1
+    noisy = "import os\nfoo bar baz\nqux"
+    assert python_likeness(noisy) == {"share": 0.5, "parsed": 1, "statements": 2}
+    assert python_likeness(noisy, skip=len("import os\n")) == {"share": 0.0, "parsed": 0, "statements": 1}
+    assert pooled_python_likeness([noisy, GOOD], skips=[10, 0]) == {"share": 4 / 5, "parsed": 4, "statements": 5}
 
 
 def test_sample_python_likeness_runs_with_fixed_seeds():

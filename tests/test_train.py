@@ -123,3 +123,25 @@ def test_speculative_mtp_equals_greedy(trained):
         assert st.drafted > 0 and 0 <= st.accepted <= st.drafted
         assert st.main_forwards < 40 + 1 or st.accepted == 0
     assert st.acceptance_rate > 0.3   # the pattern is learnable: the drafter must be right often
+
+
+def test_run_record_json_and_plot(tmp_path, dataset):
+    """``train --record FILE``: the run's figures as JSON (the README's default run is results/default_run.json),
+    drawn by viz.training.plot_bits_per_byte."""
+    from dsv3_edu.__main__ import _write_record
+    res = train(tc(), dataset=dataset, progress=False, model_cfg=cfg())
+    likeness = {"samples": {"share": 0.5, "parsed": 1, "statements": 2}, "heldout": {"share": 1.0}}
+    _write_record(str(tmp_path / "run.json"), res, tc(), likeness, wall_s=12.34)
+    rec = json.loads((tmp_path / "run.json").read_text())
+    assert rec["schema"] == "dsv3_edu.run/1" and rec["wall_s"] == 12.3 and rec["command"].startswith("python -m")
+    assert rec["final_eval"]["val_loss"] == res.final_val_loss and rec["python_likeness"] == likeness
+    assert rec["params"] == res.model.num_params() and rec["train_config"]["steps"] == 12
+    assert [r["step"] for r in rec["curve"]] == [r["step"] for r in res.history]
+    assert {"cpu", "cores", "torch"} <= set(rec["machine"])
+    import matplotlib
+    matplotlib.use("Agg")
+    from dsv3_edu.viz.training import plot_bits_per_byte
+    rec["curve"] = [{"tokens": 100, "val_bpb": 3.0}, {"tokens": 200, "val_bpb": 2.0}]
+    rec["final_eval"].update(xz=1.5, bz2=1.6)
+    ax = plot_bits_per_byte(rec).axes[0]
+    assert [line.get_ydata()[0] for line in ax.lines] == [3.0, 1.5, 1.6]      # the model, xz, bz2 (no zlib given)

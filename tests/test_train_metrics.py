@@ -88,8 +88,9 @@ def test_forced_bf16_trains_on_any_cpu(dataset):
 
 
 def test_gpu_recipe_only_on_cuda():
-    from dsv3_edu.train import GPU_RECIPE, recipe_for
-    assert recipe_for(torch.device("cpu")) == ("CPU", {})
+    from dsv3_edu.train import CPU_RECIPE, GPU_RECIPE, TrainConfig, recipe_for
+    assert recipe_for(torch.device("cpu")) == ("CPU", CPU_RECIPE) and CPU_RECIPE["preset"] == "cpu"
+    TrainConfig(**CPU_RECIPE).validate()
     name, recipe = recipe_for(torch.device("cuda"))
     assert name == "GPU" and recipe == GPU_RECIPE and recipe["preset"] == "small"
     TrainConfig(**recipe).validate()

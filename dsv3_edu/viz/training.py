@@ -49,3 +49,22 @@ def plot_expert_load(loads: list[torch.Tensor], ax=None, title: str = "tokens pe
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="share of routed tokens")
     return fig
+
+
+def plot_bits_per_byte(record: dict, ax=None):
+    """A run record (``python -m dsv3_edu train --record FILE``, e.g. results/default_run.json): validation bits
+    per byte against tokens seen, with xz, bz2 and zlib on the same validation text as horizontal lines, so the
+    point where the model starts to beat a general-purpose compressor is visible."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    val = [r for r in record["curve"] if "val_bpb" in r]
+    ax.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], "o-", color="C0", label="the model (validation)")
+    ev = record["final_eval"]
+    for i, name in enumerate(("xz", "bz2", "zlib")):
+        if name in ev:
+            ax.axhline(ev[name], color=f"C{i + 1}", ls="--", lw=1, label=f"{name} -9: {ev[name]:.3f}")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("bits per byte of held-out Python")
+    ax.set_title(f"{record['command']}  ({record['wall_s'] / 60:.1f} min)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
