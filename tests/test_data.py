@@ -1,6 +1,7 @@
 """Tests of dsv3_edu.data: corpus, tokenizer, FIM, packing, batches, build_dataset, CLI."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
@@ -15,6 +16,7 @@ from dsv3_edu.data import (
     FIM_HOLE,
     IGNORE_INDEX,
     SPECIAL_TOKENS,
+    EvalBatches,
     SequentialBatches,
     TokenDataset,
     apply_fim,
@@ -460,6 +462,51 @@ def test_eval_batches_score_every_token_once():
     (x, y), = list(ds.eval_batches("val", batch_size=4, seq_len=3))
     assert x.tolist() == [[0, 5, 6], [0, 7, 8], [9, 1, 1]]        # <eos> first, then the stream shifted
     assert y.tolist() == [[5, 6, 0], [7, 8, 9], [0, -1, -1]]      # every token a target once, padding -1
+
+
+def _eval_batches_eager(tokens, batch_size, seq_len, eos_id, pad_id):
+    """EvalBatches as first written: the whole split padded and copied up front, then sliced into batches."""
+    n, T = len(tokens), seq_len
+    n_win = -(-n // T)
+    y = torch.full((n_win * T,), IGNORE_INDEX, dtype=torch.long)
+    x = torch.full((n_win * T,), pad_id, dtype=torch.long)
+    y[:n] = tokens.long()
+    x[0] = eos_id
+    x[1:n] = tokens[:-1].long()
+    x, y = x.view(n_win, T), y.view(n_win, T)
+    return [(x[k:k + batch_size], y[k:k + batch_size]) for k in range(0, n_win, batch_size)]
+
+
+@pytest.mark.parametrize("n, batch_size, seq_len", [(1, 1, 1), (7, 4, 3), (320, 4, 16), (321, 4, 16),
+                                                     (300, 5, 8), (50, 64, 128), (1000, 3, 1)])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint16])
+def test_eval_batches_lazy_equal_the_eager_ones(n, batch_size, seq_len, dtype):
+    # the trainer's validation numbers depend on these batches: the lazy cut must not move a single token
+    tokens = torch.randint(2, 1000, (n,), generator=torch.Generator().manual_seed(n)).to(dtype)
+    want = _eval_batches_eager(tokens, batch_size, seq_len, eos_id=0, pad_id=1)
+    batches = EvalBatches(tokens, batch_size, seq_len, eos_id=0, pad_id=1)
+    got = list(batches)
+    assert len(batches) == len(got) == len(want)
+    for (xa, ya), (xb, yb) in zip(got, want):
+        assert xa.dtype == ya.dtype == torch.long
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert [torch.equal(a[0], b[0]) for a, b in zip(got, list(batches))] == [True] * len(got)   # a second pass
+
+
+def test_eval_batches_cost_only_the_batches_taken():
+    # a split of 10^12 tokens that occupies no memory (a broadcast view): copying it whole cannot work, so the
+    # first batches coming back shows that nothing past them is read
+    tokens = torch.zeros((), dtype=torch.int32).expand(10 ** 12)
+    batches = EvalBatches(tokens, batch_size=4, seq_len=8, eos_id=7, pad_id=1)
+    assert len(batches) == 10 ** 12 // 32
+    (x0, y0), (x1, y1) = itertools.islice(batches, 2)
+    assert x0.shape == y0.shape == x1.shape == (4, 8)
+    assert x0[0, 0] == 7 and int(x0.flatten()[1:].sum() + x1.sum() + y0.sum() + y1.sum()) == 0
+
+
+def test_eval_batches_reject_an_empty_split():
+    with pytest.raises(ValueError, match="no token"):
+        EvalBatches(torch.zeros(0, dtype=torch.int32), 2, 8, eos_id=0, pad_id=1)
 
 
 # ---------------------------------------------------------------------------------------------- best-fit

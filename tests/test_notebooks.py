@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from dsv3_edu.grade import clean_notebook, course_notebooks, execute_notebook, notebook_problems
+from dsv3_edu.grade import clean_notebook, course_notebooks, execute_notebook, kernel_env, notebook_problems
 from dsv3_edu.grade.clean import MAX_OUTPUT_BYTES, committed_notebooks, scrub_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,14 @@ def test_notebook_executes_in_fast_mode(path, record_notebook_time):
         execute_notebook(path, fast=True)
     finally:
         record_notebook_time(_rel(path), time.perf_counter() - t0)
+
+
+def test_fast_kernels_run_one_thread_unless_told(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert kernel_env(fast=True)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in kernel_env(fast=False) and "OMP_NUM_THREADS" not in kernel_env()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert kernel_env(fast=True)["OMP_NUM_THREADS"] == "2"
 
 
 @pytest.mark.parametrize("path,allow_outputs", [pytest.param(p, a, id=_rel(p)) for p, a in committed_notebooks(ROOT)])

@@ -45,6 +45,31 @@ def test_rows_carry_flops_and_mfu(tmp_path, dataset):
     assert res.dtype == ("bf16" if resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32")
 
 
+def test_matmul_peak_is_measured_once_per_process(monkeypatch, dataset):
+    # notebooks call train() many times (ablations over variants and seeds): the seconds of GEMMs behind the
+    # peak run once per process, dtype, device and thread count, not once per call
+    import dsv3_edu.flops as flops
+    calls = []
+
+    def fake_measure(dtype, device, *args, **kwargs):
+        calls.append((dtype, device))
+        return {"peak": 1e12}
+
+    monkeypatch.setattr(flops, "measure_matmul_peak", fake_measure)
+    flops._cached_peak.cache_clear()
+    try:
+        runs = [train(tc(mfu=True, seed=s), dataset=dataset, progress=False, model_cfg=ModelConfig(**TOY_MODEL))
+                for s in (0, 1)]
+        assert len(calls) == 1 and [r.peak_flops for r in runs] == [1e12, 1e12]
+        assert train(tc(), dataset=dataset, progress=False, model_cfg=ModelConfig(**TOY_MODEL)).peak_flops is None
+        assert len(calls) == 1                                   # mfu=False measures nothing
+        other = torch.bfloat16 if calls[0][0] == torch.float32 else torch.float32
+        flops.matmul_peak(other, "cpu")
+        assert len(calls) == 2                                   # another dtype is another peak
+    finally:
+        flops._cached_peak.cache_clear()                         # later tests measure the real peak
+
+
 def test_evaluate_bits_per_byte_and_acceptance_by_hand(byte_dataset):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**TOY_MODEL))

@@ -321,28 +321,37 @@ class EvalBatches:
     (so each document's first token is predicted from the <|eos|> before it, as in training). Both are cut
     into windows of ``seq_len`` (the last one padded: input pad_id, target IGNORE_INDEX) and grouped
     ``batch_size`` windows per batch (the last batch may have fewer). Deterministic; finite (one pass).
+
+    Lazy: each batch is cut from the stream when it is drawn, so the trainer's first ``eval_batches`` batches
+    cost those batches only, however large the split (a whole-split copy per evaluation would not).
     """
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, eos_id: int, pad_id: int, device=None):
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"EvalBatches: batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
-        n, T = len(tokens), seq_len
-        n_win = -(-n // T)
-        y = torch.full((n_win * T,), IGNORE_INDEX, dtype=torch.long)
-        x = torch.full((n_win * T,), pad_id, dtype=torch.long)
-        y[:n] = tokens.long()
-        x[0] = eos_id
-        x[1:n] = tokens[:-1].long()
-        self.x, self.y = x.view(n_win, T), y.view(n_win, T)                                  # (W, T)
-        self.batch_size, self.device = batch_size, device
+        if len(tokens) == 0:
+            raise ValueError("EvalBatches: the split holds no token")
+        self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
+        self.eos_id, self.pad_id, self.device = eos_id, pad_id, device
+        self.n_windows = -(-len(tokens) // seq_len)
 
     def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
+        return -(-self.n_windows // self.batch_size)
 
     def __iter__(self):
-        for k in range(0, len(self.x), self.batch_size):
-            x, y = self.x[k:k + self.batch_size], self.y[k:k + self.batch_size]
-            yield x.to(self.device), y.to(self.device)
+        n, T = len(self.tokens), self.seq_len
+        for w in range(0, self.n_windows, self.batch_size):
+            rows = min(self.batch_size, self.n_windows - w)
+            a, b = w * T, min((w + rows) * T, n)                  # the stream positions these windows target
+            y = torch.full((rows * T,), IGNORE_INDEX, dtype=torch.long)
+            x = torch.full((rows * T,), self.pad_id, dtype=torch.long)
+            y[:b - a] = self.tokens[a:b].long()
+            if a == 0:                                            # the stream's first token follows an <|eos|>
+                x[0] = self.eos_id
+                x[1:b] = self.tokens[:b - 1].long()
+            else:
+                x[:b - a] = self.tokens[a - 1:b - 1].long()
+            yield x.view(rows, T).to(self.device), y.view(rows, T).to(self.device)              # (rows, T)
 
 
 class TokenDataset:

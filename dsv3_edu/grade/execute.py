@@ -15,13 +15,22 @@ from .clean import clean_notebook
 
 def kernel_env(fast: bool | None = None) -> dict[str, str]:
     """Environment for a notebook kernel: this one, with the checkout on PYTHONPATH (so the kernel imports
-    this dsv3_edu even if it is not installed) and DSV3_FAST set when ``fast`` is not None."""
+    this dsv3_edu even if it is not installed) and DSV3_FAST set when ``fast`` is not None.
+
+    A fast-mode kernel also gets ``OMP_NUM_THREADS=1`` unless the variable is already set. Fast mode trains toy
+    sizes whose many small ops gain little from a second thread, and on a busy machine (CI next to other jobs)
+    every parallel op waits for the thread that is not scheduled (notebooks 04, 05, 09: about 230 s each in
+    such a CI run with torch's default 2 threads on 2 cores, 25-40 s each with one thread on the same machine).
+    Full mode keeps torch's thread count: its outputs are committed, and threads change how sums are reduced.
+    """
     env = dict(os.environ)
     root = repo_root()
     if (root / "dsv3_edu").is_dir():
         env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     if fast is not None:
         env["DSV3_FAST"] = "1" if fast else "0"
+    if fast:
+        env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 
