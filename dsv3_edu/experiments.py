@@ -692,3 +692,38 @@ def ablation_reading(name: str, comp: dict, metric: str = "val_loss") -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def load_run_record(path=None) -> dict:
+    """A run record written by ``python -m dsv3_edu train --record FILE``; by default ``results/default_run.json``,
+    the README's first command as measured (made by ``python -m dsv3_edu train --record results/default_run.json``)."""
+    import json
+    from pathlib import Path
+    path = Path(path) if path is not None else default_results_path().with_name("default_run.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"no run record at {path}; make it with "
+                                "python -m dsv3_edu train --record results/default_run.json")
+    data = json.loads(path.read_text())
+    if data.get("schema") != "dsv3_edu.run/1":
+        raise ValueError(f"{path} is not a run record (schema {data.get('schema')!r})")
+    return data
+
+
+def format_run_record(rec: dict) -> str:
+    """The record's figures as the trainer printed them, plus what made them: command, machine, wall time."""
+    from .evaluate import format_bits_per_byte
+    ev, m, tc = rec["final_eval"], rec["machine"], rec["train_config"]
+    tokens = rec["curve"][-1]["tokens"] if rec["curve"] else 0
+    lines = [f"{rec['command']}  ({rec['wall_s'] / 60:.1f} min on {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
+             f"preset {tc['preset']}, {rec['params'] / 1e6:.2f}M parameters, {tc['steps']} steps x "
+             f"{tc['batch_size']} x {tc['seq_len']} = {tokens:,} tokens, {rec['dtype']}",
+             f"final validation loss {ev['val_loss']:.4f} nats/token  |  {rec['tokens_per_s']:,.0f} tokens/s"
+             + (f" = {rec['mfu']:.0%} MFU" if rec.get("mfu") else "")]
+    if "val_bpb" in ev:
+        ratio = f" = {ev['val_bpb'] / ev['xz']:.2f}x xz" if ev.get("xz") else ""
+        lines.append(format_bits_per_byte(ev["val_bpb"], ev) + ratio)
+    if rec.get("python_likeness"):
+        s, c = rec["python_likeness"]["samples"], rec["python_likeness"]["heldout"]
+        lines.append(f"samples: {s['share']:.0%} of complete top-level statements compile ({s['parsed']} of "
+                     f"{s['statements']}); held-out code cut the same way: {c['share']:.0%}")
+    return "\n".join(lines)

@@ -61,7 +61,7 @@ def plot_bits_per_byte(record: dict, ax=None):
     ev = record["final_eval"]
     for i, name in enumerate(("xz", "bz2", "zlib")):
         if name in ev:
-            ax.axhline(ev[name], color=f"C{i + 1}", ls="--", lw=1, label=f"{name} -9: {ev[name]:.3f}")
+            ax.axhline(ev[name], color=f"C{i + 1}", ls="--", lw=1, label=f"{name} (strongest preset): {ev[name]:.3f}")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("bits per byte of held-out Python")
     ax.set_title(f"{record['command']}  ({record['wall_s'] / 60:.1f} min)", fontsize=9)

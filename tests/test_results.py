@@ -1,0 +1,37 @@
+"""The committed reference results and the figures the README quotes from them: no hand-typed number drifts
+from the file it came from."""
+from pathlib import Path
+
+from dsv3_edu.evaluate import format_bits_per_byte
+from dsv3_edu.experiments import load_ablations, load_run_record
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_default_run_record_matches_readme():
+    rec = load_run_record()
+    ev, tc = rec["final_eval"], rec["train_config"]
+    assert rec["command"] == "python -m dsv3_edu train --record results/default_run.json"
+    assert format_bits_per_byte(ev["val_bpb"], ev) in README
+    assert f"final validation loss {ev['val_loss']:.4f} nats/token" in README
+    assert f"{rec['tokens_per_s']:,.0f} tokens/s" in README
+    assert f"{tc['steps']} steps of {tc['batch_size']} x {tc['seq_len']} tokens" in README
+    s, c = rec["python_likeness"]["samples"], rec["python_likeness"]["heldout"]
+    assert f"{s['share']:.0%} of complete top-level statements compile ({s['parsed']} of {s['statements']}" in README
+    assert f"held-out code cut the same way: {c['share']:.0%}" in README
+    minutes, seconds = divmod(round(rec["wall_s"]), 60)
+    assert f"{minutes} min {seconds} s wall" in README
+    assert f"{ev['val_bpb'] / ev['xz']:.2f}x xz" in README
+    # the record is the default recipe's run
+    from dsv3_edu.train import CPU_RECIPE
+    assert {k: tc[k] for k in CPU_RECIPE} == CPU_RECIPE
+
+
+def test_readme_ablation_intervals_come_from_the_file():
+    comps = load_ablations()["comparisons"]
+    for key in ("dense_vs_moe@400steps", "dense_vs_moe@moe32"):
+        p = comps[key]["paired"]["val_loss"]
+        lo, hi = p["ci95"]
+        assert f"{p['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]".lstrip("+") in README, key
+        assert not p["excludes_zero"]
