@@ -9,10 +9,9 @@ import torch
 from conftest import TOY_MODEL
 from safetensors.torch import save_file
 
-from dsv3_edu.__main__ import _parse_set
 from dsv3_edu.__main__ import main as cli
 from dsv3_edu.accounting import main as accounting_cli
-from dsv3_edu.config import PRESETS, ModelConfig, parse_field
+from dsv3_edu.config import PRESETS, ModelConfig, parse_field, parse_sets
 from dsv3_edu.data.__main__ import main as data_cli
 from dsv3_edu.model import Transformer
 
@@ -39,11 +38,11 @@ def exits_with_error(capsys, fn, argv, *must_contain: str) -> str:
 
 # ------------------------------------------------------------------------------------------- --set parsing
 def test_set_parses_by_field_type():
-    assert _parse_set(["n_mtp=0", "balance=aux_loss", "fp8=true", "rope_factor=40", "scale_fmt=none"]) == \
+    assert parse_sets(["n_mtp=0", "balance=aux_loss", "fp8=true", "rope_factor=40", "scale_fmt=none"]) == \
         {"n_mtp": 0, "balance": "aux_loss", "fp8": True, "rope_factor": 40.0, "scale_fmt": None}
-    assert _parse_set(["balance=\"aux_loss\"", "score_func='softmax'"]) == {"balance": "aux_loss",
+    assert parse_sets(["balance=\"aux_loss\"", "score_func='softmax'"]) == {"balance": "aux_loss",
                                                                             "score_func": "softmax"}
-    assert PRESETS["nano"].replace(**_parse_set(["n_mtp=0", "balance=aux_loss"])).balance == "aux_loss"
+    assert PRESETS["nano"].replace(**parse_sets(["n_mtp=0", "balance=aux_loss"])).balance == "aux_loss"
 
 
 @pytest.mark.parametrize("item, words", [
