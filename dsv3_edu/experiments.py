@@ -243,7 +243,8 @@ COMPARISONS = {
 }
 
 # What ``ablation`` runs without --only. bf16 is opt-in: on a CPU without AVX512-BF16/AMX its matmuls are
-# emulated, about 8x slower than FP32, and it would dominate the wall time of the default command.
+# emulated, about 9x slower than FP32 on the course's 2-core CPU (docs/ablations.md), and it would dominate the
+# wall time of the default command.
 DEFAULT_COMPARISONS = ("dense_vs_moe", "mtp", "balance", "fp8")
 
 # Comparisons whose claim is about the whole training curve, not only the final loss: ``report`` adds the
@@ -430,12 +431,15 @@ def trajectory_reading(name: str, comp: dict, key: str = "main_loss") -> str:
     """``trajectory_gap`` as one sentence (numbers only, generated from the curves in the results)."""
     t = trajectory_gap(comp, key)
     g, r = t["max_gap"], t["max_ratio"]
+    n = len(t["points"])
     within = sum(p["gap"] <= p["a_sd"] for p in t["points"])
-    return (f"{name} trajectory ({key}, {len(t['points'])} logged points, {len(t['seeds'])} seeds): largest "
+    above = sum(p["b_mean"] > p["a_mean"] for p in t["points"])      # a systematic shift shows as one sign
+    return (f"{name} trajectory ({key}, {n} logged points, {len(t['seeds'])} seeds): largest "
             f"|mean {comp['b']} - mean {comp['a']}| = {g['gap']:.4f} at step {g['step']}, where the seed spread "
             f"(sd over seeds of {comp['a']}) is {g['a_sd']:.4f} and the sd of the paired differences "
             f"{g['paired_sd']:.4f}; largest gap / spread = {r['gap'] / r['a_sd']:.2f} (step {r['step']}); "
-            f"the gap is within one seed sd at {within} of {len(t['points'])} points.")
+            f"the gap is within one seed sd at {within} of {n} points; mean {comp['b']} is above mean "
+            f"{comp['a']} at {above} of {n}.")
 
 
 def write_results(path, comparisons: dict, meta: dict) -> dict:
