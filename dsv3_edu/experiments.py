@@ -598,7 +598,8 @@ def merge_results(files: list[dict]) -> dict:
             have = {(r["variant"], r["seed"]) for r in m["runs"]}
             m["runs"] += [r for r in c["runs"] if (r["variant"], r["seed"]) not in have]
             m["seeds"] = sorted(set(m["seeds"]) | set(c["seeds"]))
-            m["commands"] += c.get("commands", [c["command"]])
+            # dict.fromkeys: re-running a merge with a part already in the file does not list its command twice
+            m["commands"] = list(dict.fromkeys(m["commands"] + c.get("commands", [c["command"]])))
             m["wall_s"] = max(m["wall_s"], c["wall_s"])
             m["complete"] = m["complete"] and c["complete"]
     for m in (out[k] for k in joined):
