@@ -1,8 +1,8 @@
 """Ablations at equal compute: train named variants of one TrainConfig over seeds and tabulate the results.
 
 Every variant gets the same steps, batch, sequence length, learning-rate schedule and data order (per seed),
-so all of them see the same tokens; only the model changes. A variant is a set of ``ModelConfig`` overrides
-(and, rarely, ``TrainConfig`` overrides)::
+so all of them see the same tokens; only the model (or, for e.g. the compute dtype, the training run) changes.
+A variant is a set of ``ModelConfig`` overrides (and, rarely, ``TrainConfig`` overrides)::
 
     from dsv3_edu.experiments import format_summary, matched_dense_overrides, run_ablation, summarize
     base = TrainConfig(preset="nano", steps=300, out_dir=None)
@@ -45,6 +45,7 @@ class RunRow:
     tokens: int                    # tokens seen in training
     history: list[dict]
     result: TrainResult | None = None   # kept only with ``keep_models=True``
+    dtype: str | None = None            # what the run computed in (TrainResult.dtype: "fp32", or "bf16" autocast)
 
 
 _MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
@@ -134,7 +135,7 @@ def run_ablation(base: TrainConfig, variants: dict, seeds=(0,), dataset=None, ke
                          activated_params=counts[name]["activated_params"],
                          total_params=counts[name]["total_params"],
                          tokens=res.history[-1]["tokens"] if res.history else 0,
-                         history=res.history, result=res if keep_models else None)
+                         history=res.history, result=res if keep_models else None, dtype=res.dtype)
             rows.append(row)
             if verbose:
                 print(f"  {name:<24} seed {seed}: val {row.final_val_loss:.4f}  "
@@ -221,13 +222,14 @@ def mean_histories(rows: list[RunRow]) -> dict[str, list[dict]]:
 # ``python -m dsv3_edu.experiments ablation --budget 200 --seeds 0 1 2 3 --out results/ablations.json`` trains,
 # for each comparison, a base variant A (the preset as is: MoE, aux-loss-free, MTP D=1, FP32) and one changed
 # variant B for the same budget, paired by seed (same data order; the same initial weights where the variant
-# allows: aux loss and FP8, not MTP off nor dense),
+# allows: aux loss, FP8 and bf16, not MTP off nor dense),
 # and writes per-seed curves, final metrics and a 95% confidence interval of the paired difference B - A.
 
 ABLATION_SCHEMA = "dsv3_edu.ablations/1"
 
-# name: (question, label of A, label of B, B's overrides (a dict, or a function of the base ModelConfig),
-#        what a positive difference B - A means)
+# name: (question, label of A, label of B, what B changes, what a positive difference B - A means).
+# What B changes: a dict of ModelConfig overrides, a function of the base ModelConfig returning one, or a
+# Variant, whose train= overrides change the training run instead of the model (e.g. the compute dtype).
 COMPARISONS = {
     "dense_vs_moe": ("dense vs MoE at equal activated parameters", "MoE", "dense (same activated params)",
                      matched_dense_overrides, "the MoE model is better"),
@@ -236,7 +238,18 @@ COMPARISONS = {
     "balance": ("aux-loss-free balancing vs an auxiliary loss", "aux-loss-free", "aux loss",
                 {"balance": "aux_loss"}, "the aux-loss-free model is better"),
     "fp8": ("FP8-simulated vs FP32 GEMMs", "FP32", "FP8-simulated", {"fp8": True}, "FP8 costs loss"),
+    "bf16": ("bf16 autocast (fp32 master weights) vs fp32", "FP32", "bf16 autocast",
+             Variant(train={"dtype": "bf16"}), "bf16 costs loss"),
 }
+
+# What ``ablation`` runs without --only. bf16 is opt-in: on a CPU without AVX512-BF16/AMX its matmuls are
+# emulated, about 9x slower than FP32 on the course's 2-core CPU (docs/ablations.md), and it would dominate the
+# wall time of the default command.
+DEFAULT_COMPARISONS = ("dense_vs_moe", "mtp", "balance", "fp8")
+
+# Comparisons whose claim is about the whole training curve, not only the final loss: ``report`` adds the
+# largest gap between the seed-mean curves against the seed spread (``trajectory_gap``).
+TRAJECTORY_COMPARISONS = ("bf16",)
 
 # t_{0.975, dof} is computed exactly (Abramowitz & Stegun 26.7.3-4); no scipy needed.
 
@@ -349,9 +362,12 @@ def run_record(row: RunRow) -> dict:
         if mv is not None and r.get("maxvio"):
             pt["maxvio"] = mv
         curve.append({k: _round(v) for k, v in pt.items()})
-    return {"variant": row.variant, "seed": row.seed, "final": {k: _round(v) for k, v in final.items()},
-            "tokens": row.tokens, "wall_s": round(row.wall_s, 1), "tokens_per_s": round(row.tokens_per_s, 1),
-            "curve": curve}
+    rec = {"variant": row.variant, "seed": row.seed, "final": {k: _round(v) for k, v in final.items()},
+           "tokens": row.tokens, "wall_s": round(row.wall_s, 1), "tokens_per_s": round(row.tokens_per_s, 1)}
+    if row.dtype is not None:     # what the run really computed in ("auto" resolves per machine), not what was asked
+        rec["dtype"] = row.dtype
+    rec["curve"] = curve
+    return rec
 
 
 def comparison_stats(comp: dict) -> dict:
@@ -375,6 +391,55 @@ def comparison_stats(comp: dict) -> dict:
             entry["ci95"] = [_round(x) for x in entry["ci95"]]
         out[metric] = entry
     return out
+
+
+def trajectory_gap(comp: dict, key: str = "main_loss") -> dict:
+    """How far apart the two variants' curves of ``key`` are, against the seed noise, at every logged point.
+
+    Only seeds where both A and B finished count, and only points (steps) that every one of those runs logged.
+    Per point: ``a_mean``, ``b_mean`` (means over seeds), ``gap`` = |b_mean - a_mean|, ``a_sd`` = the sample
+    standard deviation (n - 1) of A over seeds (how much a curve moves with the seed alone), and ``paired_sd``
+    = that of the per-seed differences B - A. Returns {"key", "seeds", "points": [...], "max_gap": the point
+    with the largest gap, "max_ratio": the point with the largest gap / a_sd}. ValueError with < 2 seeds.
+
+    The claim "B follows A's curve within seed noise" reads: max_gap is small against a_sd at the same point.
+    The paired sd is usually much smaller than a_sd (same data, same initial weights), so a gap can be well
+    within the seed spread and still be a systematic shift; both are kept so a reader can see which it is.
+    """
+    a, b = comp["a"], comp["b"]
+    curves = {(r["variant"], r["seed"]): {p["step"]: p for p in r["curve"] if key in p} for r in comp["runs"]}
+    seeds = [s for s in comp["seeds"] if (a, s) in curves and (b, s) in curves]
+    if len(seeds) < 2:
+        raise ValueError(f"trajectory_gap needs >= 2 seeds where both variants finished, got {len(seeds)}")
+    runs = [curves[(v, s)] for s in seeds for v in (a, b)]
+    steps = sorted(set.intersection(*(set(c) for c in runs)))
+    points = []
+    for step in steps:
+        av = [curves[(a, s)][step][key] for s in seeds]
+        bv = [curves[(b, s)][step][key] for s in seeds]
+        am, bm = statistics.fmean(av), statistics.fmean(bv)
+        points.append({"step": step, "tokens": curves[(a, seeds[0])][step].get("tokens"), "a_mean": am, "b_mean": bm,
+                       "gap": abs(bm - am), "a_sd": statistics.stdev(av),
+                       "paired_sd": statistics.stdev(y - x for x, y in zip(av, bv))})
+    if not points:
+        raise ValueError(f"no step where every run logged {key!r}")
+    return {"key": key, "seeds": seeds, "points": points, "max_gap": max(points, key=lambda p: p["gap"]),
+            "max_ratio": max(points, key=lambda p: p["gap"] / p["a_sd"] if p["a_sd"] > 0 else math.inf)}
+
+
+def trajectory_reading(name: str, comp: dict, key: str = "main_loss") -> str:
+    """``trajectory_gap`` as one sentence (numbers only, generated from the curves in the results)."""
+    t = trajectory_gap(comp, key)
+    g, r = t["max_gap"], t["max_ratio"]
+    n = len(t["points"])
+    within = sum(p["gap"] <= p["a_sd"] for p in t["points"])
+    above = sum(p["b_mean"] > p["a_mean"] for p in t["points"])      # a systematic shift shows as one sign
+    return (f"{name} trajectory ({key}, {n} logged points, {len(t['seeds'])} seeds): largest "
+            f"|mean {comp['b']} - mean {comp['a']}| = {g['gap']:.4f} at step {g['step']}, where the seed spread "
+            f"(sd over seeds of {comp['a']}) is {g['a_sd']:.4f} and the sd of the paired differences "
+            f"{g['paired_sd']:.4f}; largest gap / spread = {r['gap'] / r['a_sd']:.2f} (step {r['step']}); "
+            f"the gap is within one seed sd at {within} of {n} points; mean {comp['b']} is above mean "
+            f"{comp['a']} at {above} of {n}.")
 
 
 def write_results(path, comparisons: dict, meta: dict) -> dict:
@@ -407,15 +472,17 @@ def write_results(path, comparisons: dict, meta: dict) -> dict:
 
 def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out=None, command: str = "",
                            dataset=None, progress: bool = True, tag: str | None = None) -> dict:
-    """Train A and B of each comparison in ``only`` (default: all of COMPARISONS) for ``base.steps``, once per
+    """Train A and B of each comparison in ``only`` (default: DEFAULT_COMPARISONS) for ``base.steps``, once per
     seed, seed-major; the A runs are shared between comparisons (same config, same seed = the same run).
+    A is ``base`` itself, so a comparison that changes the dtype needs a base whose dtype differs from B's
+    (the command line pins ``dtype="fp32"``); ValueError where B would compute exactly what A computes.
     After every run the JSON at ``out`` (if given) is rewritten, so an interrupted run leaves its finished
     pairs with ``complete: false``. ``tag`` stores the comparisons as ``name@tag`` (e.g. a longer budget next
     to the default one). Returns {comparison key: its record}."""
     import datetime
     import json
 
-    only = list(COMPARISONS) if only is None else list(only)
+    only = list(DEFAULT_COMPARISONS) if only is None else list(only)
     bad = [c for c in only if c not in COMPARISONS]
     if bad or not only:
         raise ValueError(f"unknown comparison(s) {bad}; choose from {', '.join(COMPARISONS)}")
@@ -424,22 +491,26 @@ def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out
         raise ValueError(f"a paired interval needs >= 2 distinct seeds, got {seeds}")
     base.validate()
     cfg = base.model_config()
-    variants = {}                                            # label -> ModelConfig overrides
+    variants: dict[str, Variant] = {}                        # label -> what it changes in base
     comps = {}
     for name in only:
         question, a, b, spec, meaning = COMPARISONS[name]
-        over = spec(cfg) if callable(spec) else dict(spec)
-        variants.setdefault(a, {})
-        variants[b] = over
-        comps[name if tag is None else f"{name}@{tag}"] = {
+        v = as_variant(spec(cfg) if callable(spec) else spec)
+        variants.setdefault(a, Variant())
+        variants[b] = v
+        _check_differs(name, variant_train_config(base, variants[a], 0), variant_train_config(base, v, 0))
+        key = name if tag is None else f"{name}@{tag}"
+        comps[key] = {
                        "name": name, "tag": tag, "question": question, "a": a, "b": b,
                        "difference": f"{b} - {a} (per seed)",
                        "positive_means": meaning, "metric": "val_loss",
-                       "overrides": {a: {}, b: over}, "seeds": list(seeds), "runs": [], "complete": False}
+                       "overrides": {a: {}, b: dict(v.model)}, "seeds": list(seeds), "runs": [], "complete": False}
+        if v.train:      # only comparisons that change the run carry this key: the others keep their format
+            comps[key]["train_overrides"] = {a: {}, b: dict(v.train)}
     # one training run per distinct set of overrides and seed; labels that share overrides share the run
     labels_of: dict[str, list[str]] = {}
-    for label, over in variants.items():
-        labels_of.setdefault(json.dumps(over, sort_keys=True), []).append(label)
+    for label, v in variants.items():
+        labels_of.setdefault(json.dumps([v.model, v.train], sort_keys=True), []).append(label)
     plans = {key: [variant_train_config(base, variants[labels[0]], s) for s in seeds]
              for key, labels in labels_of.items()}
     counts = {}
@@ -476,7 +547,8 @@ def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out
                              tokens_per_s=statistics.median(tps) if tps else res.tokens_per_s,
                              wall_s=time.perf_counter() - t0, activated_params=counts[label]["activated_params"],
                              total_params=counts[label]["total_params"],
-                             tokens=res.history[-1]["tokens"] if res.history else 0, history=res.history)
+                             tokens=res.history[-1]["tokens"] if res.history else 0, history=res.history,
+                             dtype=res.dtype)
                 done[(label, seed)] = run_record(row)
             bar.update(1)
             _refresh(comps, done, t_start, seeds, final=False)
@@ -489,29 +561,48 @@ def run_reference_ablation(base: TrainConfig, seeds=(0, 1, 2, 3), only=None, out
     return comps
 
 
+def _check_differs(name: str, a: TrainConfig, b: TrainConfig) -> None:
+    """ValueError where comparison ``name``'s B would train exactly what A trains. The dtype is compared as it
+    resolves on this machine: with ``dtype="auto"`` on bf16 hardware A is bf16 too, and "bf16 vs bf16" would
+    read as a (null) result about bf16."""
+    from .runtime import get_device, resolve_dtype
+
+    def what_runs(tc):
+        return replace(tc, dtype=str(resolve_dtype(tc.dtype, get_device(tc.device))))
+    if what_runs(a) == what_runs(b):
+        raise ValueError(f"comparison {name!r}: B trains the same run as A with this base config "
+                         f"(dtype {a.dtype!r}); for 'bf16' set the base dtype to 'fp32'")
+
+
 def merge_results(files: list[dict]) -> dict:
     """Comparisons of several results files (``load_ablations`` dicts) in one: a comparison present in several
     files (the same key, A, B and budget; different seeds, e.g. from parallel invocations) gets the union of
-    their runs and recomputed paired statistics; ``commands`` lists each part's command, ``wall_s`` is the
-    longest part's (they ran in parallel). ValueError where the budgets or variants differ."""
+    their runs and recomputed paired statistics; ``commands`` lists each part's command(s), ``wall_s`` is the
+    longest part's (they ran in parallel). A comparison found in one file only is passed through unchanged, so
+    ``merge results/ablations.json part.json`` adds the part's comparisons and leaves the others as they were.
+    ValueError where the budgets or variants differ."""
     import copy
     out: dict[str, dict] = {}
+    joined = set()                                 # keys found in more than one file: recomputed below
     for data in files:
         for key, c in data["comparisons"].items():
             if key not in out:
                 out[key] = copy.deepcopy(c)
-                out[key]["commands"] = [c["command"]]
                 continue
             m = out[key]
+            if key not in joined:                  # a comparison merged before keeps the list of its parts
+                m["commands"] = list(m.get("commands", [m["command"]]))
+                joined.add(key)
             if (m["a"], m["b"], m["budget"]) != (c["a"], c["b"], c["budget"]):
                 raise ValueError(f"cannot merge {key!r}: the files differ in variants or budget")
             have = {(r["variant"], r["seed"]) for r in m["runs"]}
             m["runs"] += [r for r in c["runs"] if (r["variant"], r["seed"]) not in have]
             m["seeds"] = sorted(set(m["seeds"]) | set(c["seeds"]))
-            m["commands"].append(c["command"])
+            # dict.fromkeys: re-running a merge with a part already in the file does not list its command twice
+            m["commands"] = list(dict.fromkeys(m["commands"] + c.get("commands", [c["command"]])))
             m["wall_s"] = max(m["wall_s"], c["wall_s"])
             m["complete"] = m["complete"] and c["complete"]
-    for m in out.values():
+    for m in (out[k] for k in joined):
         m["runs"].sort(key=lambda r: (r["seed"], r["variant"] != m["a"]))
         m["paired"] = comparison_stats(m)
         n_pairs = len(m["paired"].get("val_loss", {}).get("diffs", {}))
@@ -550,7 +641,9 @@ def main(argv=None) -> None:
     a.add_argument("--preset", default="nano")
     a.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="model config overrides of the base (A) model, "
                    "e.g. vocab_size=4096")
-    a.add_argument("--only", default=",".join(COMPARISONS), help=f"comma-separated subset of {','.join(COMPARISONS)}")
+    a.add_argument("--only", default=",".join(DEFAULT_COMPARISONS),
+                   help=f"comma-separated subset of {','.join(COMPARISONS)} (default: all but bf16, which is "
+                        "slow on CPUs without native bf16)")
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--seq-len", type=int, default=64)
     a.add_argument("--lr", type=float, default=2e-3)
@@ -582,6 +675,9 @@ def main(argv=None) -> None:
             print(f"- {ablation_reading(name, c)}")
             if "maxvio" in c.get("paired", {}) and name == "balance":
                 print(f"- {ablation_reading(name, c, 'maxvio')}")
+            pairs = c.get("paired", {}).get("val_loss", {}).get("diffs", {})
+            if c.get("name", name.split("@")[0]) in TRAJECTORY_COMPARISONS and len(pairs) >= 2:
+                print(f"- {trajectory_reading(name, c)}")
         return
     torch.set_num_threads(args.threads)
     steps = parse_budget(args.budget, args.batch_size * args.seq_len)
@@ -630,6 +726,8 @@ REPORT_EXPECTATION = {
                       "aux-loss-free better than a purely aux-loss-based baseline on most benchmarks"),
     "fp8": (0, "the report's FP8 recipe keeps the relative loss error vs BF16 below 0.25% "
                "(validated at about 16B and 230B parameters for about 1T tokens)"),
+    "bf16": (None, "the V3 report has no FP32 baseline (its reference is BF16); Kalamkar et al. (2019) find "
+                   "bf16 mixed-precision training matches FP32 without changing hyperparameters"),
 }
 
 

@@ -169,6 +169,7 @@ def test_reference_ablation_json_schema(dataset, tmp_path):
         assert c["complete"] is True and c["status"] == "complete" and c["seeds"] == [0, 1]
         assert c["budget"]["steps"] == 2 and c["budget"]["tokens"] == 2 * 2 * 16
         assert c["command"] == "test-cmd" and c["wall_s"] >= 0
+        assert "train_overrides" not in c, "model-only comparisons keep their format"
         assert [(r["variant"], r["seed"]) for r in c["runs"]] == [(c["a"], 0), (c["b"], 0), (c["a"], 1), (c["b"], 1)]
         by = {(r["variant"], r["seed"]): r for r in c["runs"]}
         for r in c["runs"]:
@@ -291,7 +292,57 @@ def test_tagged_runs_on_different_seeds_merge(dataset, tmp_path):
     assert p["n"] == 4 and list(p["diffs"]) == ["0", "1", "2", "3"]
     assert p["diffs"]["2"] == parts[1]["comparisons"]["fp8@short"]["paired"]["val_loss"]["diffs"]["2"]
     assert merged["commands"] == ["cmd(0, 1)", "cmd(2, 3)"]
+    # a comparison found in one file only passes through unchanged (merging a part into the committed file)
+    fake = _fake_comparison("mtp", [0.1, 0.2])
+    again = merge_results([{"comparisons": {"fp8@short": merged}}, {"comparisons": {"mtp": fake}}])
+    assert again == {"fp8@short": merged, "mtp": fake}
     other = load_ablations(tmp_path / "part0.json")
     other["comparisons"]["fp8@short"]["budget"] = {**other["comparisons"]["fp8@short"]["budget"], "steps": 3}
     with pytest.raises(ValueError, match="budget"):
         merge_results([parts[0], other])
+
+
+def test_bf16_comparison_is_a_train_override(dataset, tmp_path, capsys):
+    from dsv3_edu.experiments import COMPARISONS, load_ablations, main, run_reference_ablation
+    base = base_tc(steps=3, eval_every=3, dtype="fp32")            # what the command line's base pins
+    _, a, b, spec, _ = COMPARISONS["bf16"]
+    assert variant_train_config(base, spec, 0).dtype == "bf16"
+    assert variant_train_config(base, spec, 0).model_overrides == base.model_overrides, "the model is unchanged"
+    out = tmp_path / "bf16.json"
+    run_reference_ablation(base, seeds=(0, 1), only=["bf16"], out=out, command="cmd", dataset=dataset,
+                           progress=False)
+    c = load_ablations(out)["comparisons"]["bf16"]
+    assert c["overrides"] == {a: {}, b: {}} and c["train_overrides"] == {a: {}, b: {"dtype": "bf16"}}
+    assert c["budget"]["dtype"] == "fp32" and c["complete"]
+    # every run records what it computed in (TrainResult.dtype): A in fp32, B under bf16 autocast
+    assert [(r["variant"], r["seed"], r["dtype"]) for r in c["runs"]] == \
+        [(a, 0, "fp32"), (b, 0, "bf16"), (a, 1, "fp32"), (b, 1, "bf16")]
+    by = {(r["variant"], r["seed"]): r["final"]["val_loss"] for r in c["runs"]}
+    # same seed = same data and the same initial weights; the losses differ only by the bf16 arithmetic
+    assert by[(b, 0)] != by[(a, 0)] and abs(by[(b, 0)] - by[(a, 0)]) < 0.05
+    assert c["paired"]["val_loss"]["n"] == 2
+    capsys.readouterr()
+    main(["report", str(out)])
+    assert "- bf16 trajectory (main_loss, 3 logged points, 2 seeds)" in capsys.readouterr().out
+    # A is the base itself: a bf16 base would make the comparison bf16 vs bf16
+    with pytest.raises(ValueError, match="same run as A"):
+        run_reference_ablation(base_tc(dtype="bf16"), seeds=(0, 1), only=["bf16"], dataset=dataset)
+
+
+def test_trajectory_gap_by_hand():
+    from dsv3_edu.experiments import trajectory_gap, trajectory_reading
+    comp = _fake_comparison("bf16", [0.01, 0.03, 0.02])
+    for r in comp["runs"]:                       # give A (and B with it) a seed spread: +0, +0.1, +0.2
+        for p in r["curve"]:
+            p["main_loss"] += 0.1 * r["seed"]
+    t = trajectory_gap(comp)
+    assert t["seeds"] == [0, 1, 2] and [p["step"] for p in t["points"]] == [1, 2]
+    for p in t["points"]:
+        assert p["gap"] == pytest.approx(0.02) and p["a_sd"] == pytest.approx(0.1)
+        assert p["paired_sd"] == pytest.approx(0.01)
+    assert "largest gap / spread = 0.20" in trajectory_reading("bf16", comp)
+    assert "within one seed sd at 2 of 2 points; mean bf16 autocast is above mean FP32 at 2 of 2" \
+        in trajectory_reading("bf16", comp)
+    comp["runs"] = comp["runs"][:2]
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        trajectory_gap(comp)
