@@ -53,3 +53,17 @@ def test_saved_form_of_controls_is_a_note_not_a_widget_repr(monkeypatch):
     (bundle, raw), = shown
     assert raw and bundle["text/plain"] == NOTE
     assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]
+
+
+def test_text_only_explorer_shows_controls_and_text_and_updates_the_text(monkeypatch):
+    import ipywidgets as widgets
+
+    shown, updated = [], []
+    monkeypatch.setattr("IPython.display.display", lambda obj, raw=False, **kw: shown.append((obj, kw)))
+    monkeypatch.setattr("IPython.display.update_display", lambda obj, raw=False, **kw: updated.append((obj, kw)))
+    slider = widgets.IntSlider(value=2)
+    ex = Explorer({"n": slider}, lambda v: (None, f"n is {v['n']}"), figure=False)
+    ex._ipython_display_()
+    assert [obj.get("text/plain") for obj, _ in shown] == [NOTE, "n is 2"]     # no "(no figure ...)" line
+    slider.value = 5
+    assert updated == [({"text/plain": "n is 5"}, {"display_id": shown[-1][1]["display_id"]})]

@@ -32,16 +32,22 @@ class Explorer:
     """Controls plus ``draw(values) -> (Figure | None, text)``, redrawn whenever a control's value changes.
 
     ``controls``: name -> widget (values passed to ``draw`` by these names); ``layout``: the widget to show
-    (default: the controls in a column). Each redraw closes the previous figure.
+    (default: the controls in a column). Each redraw closes the previous figure. ``figure=False``: a text-only
+    explorer (``draw`` returns ``(None, text)``), shown without the figure's placeholder line.
+
+    Outputs are display ids updated in place, never an ``ipywidgets.Output`` capture (what ``interact`` uses):
+    output captured by a widget while a cell runs can leave a headless client (nbclient, CI) waiting forever
+    for the cell to finish (jupyter/nbclient#312).
     """
 
-    def __init__(self, controls: dict, draw: Callable[[dict], tuple], layout=None):
+    def __init__(self, controls: dict, draw: Callable[[dict], tuple], layout=None, figure: bool = True):
         import ipywidgets as widgets
 
         self.controls = controls
         self.draw = draw
         self.layout = layout if layout is not None else widgets.VBox(list(controls.values()))
         self.figure, self.text = None, ""
+        self.with_figure = figure
         self._ids = None                                   # display ids once shown
         self._quiet = False
         self.redraw()
@@ -72,7 +78,8 @@ class Explorer:
             from IPython.display import update_display
 
             fig_id, text_id = self._ids
-            update_display(self._figure_output(), display_id=fig_id, raw=fig is None)
+            if fig_id is not None:
+                update_display(self._figure_output(), display_id=fig_id, raw=fig is None)
             if text_id is not None:
                 update_display({"text/plain": self.text}, display_id=text_id, raw=True)
         if fig is not None:
@@ -85,8 +92,10 @@ class Explorer:
         from IPython.display import display
 
         show_controls(self.layout)
-        fig_id, text_id = uuid.uuid4().hex, (uuid.uuid4().hex if self.text else None)
-        display(self._figure_output(), display_id=fig_id, raw=self.figure is None)
+        fig_id = uuid.uuid4().hex if self.with_figure else None
+        text_id = uuid.uuid4().hex if self.text else None
+        if fig_id is not None:
+            display(self._figure_output(), display_id=fig_id, raw=self.figure is None)
         if text_id is not None:
             display({"text/plain": self.text}, display_id=text_id, raw=True)
         self._ids = (fig_id, text_id)
