@@ -59,12 +59,10 @@ def _train(args) -> int:
         print(format_bits_per_byte(ev["val_bpb"], ev))
     if "mtp_acceptance" in ev:
         print(f"MTP draft acceptance (teacher-forced, validation) {ev['mtp_acceptance']:.1%}")
-    likeness = _python_likeness(res.model, tc) if args.samples else None
+    likeness = _python_likeness(res) if args.samples else None
     if likeness:
-        s, c = likeness["samples"], likeness["heldout"]
-        print(f"samples: {s['share']:.0%} of complete top-level statements compile ({s['parsed']} of "
-              f"{s['statements']}, {s['n_samples']} samples at temperature {s['temperature']}); held-out code cut "
-              f"the same way: {c['share']:.0%}")
+        from .evaluate import format_python_likeness
+        print(format_python_likeness(likeness["samples"], likeness["heldout"]))
     if res.out_dir:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
@@ -76,11 +74,11 @@ def _train(args) -> int:
     return 0
 
 
-def _python_likeness(model, tc) -> dict:
-    """Python-likeness of fixed-prompt samples and of held-out code cut the same way (dsv3_edu.evaluate)."""
+def _python_likeness(res) -> dict:
+    """Python-likeness of fixed-prompt samples and of held-out code cut the same way (dsv3_edu.evaluate), with
+    the tokenizer and validation stream the run trained with."""
     from .evaluate import DEFAULT_PROMPTS, heldout_python_likeness, sample_python_likeness
-    from .train import load_data
-    dataset, tok = load_data(tc, model.cfg.vocab_size)
+    model, dataset, tok = res.model, res.dataset, res.tokenizer
     seeds, temperature = (0, 1), 0.8
     samples = sample_python_likeness(model, tok, DEFAULT_PROMPTS, seeds, temperature=temperature)
     samples.update(n_samples=len(DEFAULT_PROMPTS) * len(seeds), temperature=temperature)

@@ -809,7 +809,7 @@ def load_run_record(path=None) -> dict:
 
 def format_run_record(rec: dict) -> str:
     """The record's figures as the trainer printed them, plus what made them: command, machine, wall time."""
-    from .evaluate import format_bits_per_byte
+    from .evaluate import format_bits_per_byte, format_python_likeness
     ev, m, tc = rec["final_eval"], rec["machine"], rec["train_config"]
     tokens = rec["curve"][-1]["tokens"] if rec["curve"] else 0
     lines = [f"{rec['command']}  ({rec['wall_s'] / 60:.1f} min on {m['cpu']}, {m['cores']} cores, torch {m['torch']})",
@@ -821,7 +821,5 @@ def format_run_record(rec: dict) -> str:
         ratio = f" = {ev['val_bpb'] / ev['xz']:.2f}x xz" if ev.get("xz") else ""
         lines.append(format_bits_per_byte(ev["val_bpb"], ev) + ratio)
     if rec.get("python_likeness"):
-        s, c = rec["python_likeness"]["samples"], rec["python_likeness"]["heldout"]
-        lines.append(f"samples: {s['share']:.0%} of complete top-level statements compile ({s['parsed']} of "
-                     f"{s['statements']}); held-out code cut the same way: {c['share']:.0%}")
+        lines.append(format_python_likeness(rec["python_likeness"]["samples"], rec["python_likeness"]["heldout"]))
     return "\n".join(lines)

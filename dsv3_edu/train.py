@@ -120,6 +120,8 @@ class TrainResult:
     dtype: str = "fp32"                   # what the run computed in ("bf16" = bf16 autocast, fp32 master weights)
     flops_per_token: float = 0.0          # training FLOPs per token (dsv3_edu.flops)
     peak_flops: float | None = None       # the measured matmul peak in that dtype (None: not measured)
+    dataset: object = None                # the TokenDataset it trained on
+    tokenizer: object = None              # the tokenizer, when train() built the data itself (the command line)
 
     @property
     def mfu(self) -> float | None:
@@ -351,7 +353,7 @@ def _train(tc: TrainConfig, env: distributed.DistEnv, rank_device, dataset, resu
     return TrainResult(model=model.eval(), history=history, final_val_loss=final["val_loss"],
                        tokens_per_s=log.tokens_seen / elapsed if elapsed > 0 else 0.0, out_dir=out_dir,
                        expert_loads=loads, final_eval=final_eval, dtype=_dtype_name(dtype),
-                       flops_per_token=fpt, peak_flops=peak)
+                       flops_per_token=fpt, peak_flops=peak, dataset=dataset, tokenizer=tokenizer)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
