@@ -20,6 +20,7 @@ from __future__ import annotations
 import codeop
 import contextlib
 import math
+import random
 import warnings
 
 import torch
@@ -153,7 +154,7 @@ def _status(source: str) -> str:
             return "error"
 
 
-def python_likeness(text: str, drop_last: bool = True, skip: int = 0) -> dict:
+def python_likeness(text: str, drop_last: bool = True, skip: int = 0, unique: bool = False) -> dict:
     """Share of the complete top-level statements of ``text`` that Python accepts.
 
     The text is cut at ``top_level_statements``; a block that is *incomplete* (a column-0 line inside a
@@ -162,7 +163,9 @@ def python_likeness(text: str, drop_last: bool = True, skip: int = 0) -> dict:
     unfinished, is left out; a text left with no statement to count then counts as one failed statement
     (a sample must show at least one whole statement: 256 tokens of noise on one line are not Python).
     skip: statements that end within the first ``skip`` characters (the prompt a sample continues) are not
-    counted. Blocks of only comments do not count. Returns {"share", "parsed", "statements"}.
+    counted. unique: a statement that repeats an earlier one of the same text (up to surrounding whitespace) is
+    not counted again, so a cold sampler's loop of one valid line scores as that one line. Blocks of only
+    comments do not count. Returns {"share", "parsed", "statements"}.
     """
     blocks, pos = [], 0
     for b in top_level_statements(text):
@@ -174,29 +177,59 @@ def python_likeness(text: str, drop_last: bool = True, skip: int = 0) -> dict:
         buf += b
         status = _status(buf)
         if status != "incomplete":
-            statuses.append((status, end))
+            statuses.append((status, end, buf.strip()))
             buf = ""
     if buf:
-        statuses.append(("error", len(text)))     # unfinished at the end of the text
+        statuses.append(("error", len(text), buf.strip()))     # unfinished at the end of the text
     if drop_last:
         statuses = statuses[:-1]
-    statuses = [st for st, end in statuses if end > skip]
+    statuses = [(st, src) for st, end, src in statuses if end > skip]
+    if unique:
+        seen: set[str] = set()
+        statuses = [(st, src) for st, src in statuses if not (src in seen or seen.add(src))]
+    statuses = [st for st, _ in statuses]
     if drop_last and not statuses:
         statuses = ["error"]
     ok = statuses.count("ok")
     return {"share": ok / len(statuses) if statuses else 0.0, "parsed": ok, "statements": len(statuses)}
 
 
-def pooled_python_likeness(texts, drop_last: bool = True, skips=None) -> dict:
+def pooled_python_likeness(texts, drop_last: bool = True, skips=None, unique: bool = False) -> dict:
     """``python_likeness`` pooled over many texts (statements summed, not shares averaged); ``skips``: each
     text's prompt length in characters (default 0)."""
     parsed = statements = 0
     texts = list(texts)
     for t, skip in zip(texts, skips if skips is not None else [0] * len(texts)):
-        r = python_likeness(t, drop_last, skip)
+        r = python_likeness(t, drop_last, skip, unique)
         parsed += r["parsed"]
         statements += r["statements"]
     return {"share": parsed / statements if statements else 0.0, "parsed": parsed, "statements": statements}
+
+
+def python_likeness_interval(texts, skips=None, n: int = 2000, seed: int = 0, unique: bool = False) -> list[float]:
+    """95% bootstrap interval ``[low, high]`` of ``pooled_python_likeness``: whole texts are resampled, since the
+    statements of one sample are not independent of each other."""
+    texts = list(texts)
+    per = [python_likeness(t, True, k, unique) for t, k in zip(texts, skips if skips is not None else [0] * len(texts))]
+    rng = random.Random(seed)
+    shares = []
+    for _ in range(n):
+        pick = [per[rng.randrange(len(per))] for _ in per]
+        statements = sum(p["statements"] for p in pick)
+        shares.append(sum(p["parsed"] for p in pick) / statements if statements else 0.0)
+    shares.sort()
+    return [shares[int(0.025 * n)], shares[int(0.975 * n) - 1]]
+
+
+def distinct_line_share(texts) -> float:
+    """Share of the texts' non-blank lines that are distinct within their text (1.0: no line repeats). A cold
+    sampler can score well on ``python_likeness`` by repeating one valid line; this shows it."""
+    total = distinct = 0
+    for t in texts:
+        lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
+        total += len(lines)
+        distinct += len(set(lines))
+    return distinct / total if total else 0.0
 
 
 def format_python_likeness(samples: dict, heldout: dict) -> str:
@@ -207,12 +240,10 @@ def format_python_likeness(samples: dict, heldout: dict) -> str:
             f"held-out code cut the same way: {heldout['share']:.0%}")
 
 
-def heldout_python_likeness(val_tokens: torch.Tensor, tokenizer, max_tokens: int = 258,
-                            max_docs: int | None = None) -> dict:
-    """The ceiling of ``sample_python_likeness``: the same measure on real held-out code cut the way a sample
-    is (the first ``max_tokens`` tokens of each validation document: a short prompt + 256 sampled tokens, the
-    last, usually cut-off statement left out). ``val_tokens``: the validation stream, documents ended by
-    <|eos|>. Returns the pooled dict."""
+def heldout_documents(val_tokens: torch.Tensor, tokenizer, max_tokens: int = 258,
+                      max_docs: int | None = None) -> list[str]:
+    """The validation documents (the stream's <|eos|>-ended runs) as text, each cut to its first ``max_tokens``
+    tokens: real code cut the way a sample is (a short prompt + 256 sampled tokens)."""
     ids = val_tokens.tolist()
     docs, start = [], 0
     for i, t in enumerate(ids):
@@ -221,7 +252,14 @@ def heldout_python_likeness(val_tokens: torch.Tensor, tokenizer, max_tokens: int
                 docs.append(ids[start:i])
             start = i + 1
     docs = docs[:max_docs] if max_docs else docs
-    return pooled_python_likeness(tokenizer.decode(d[:max_tokens], skip_special=True) for d in docs)
+    return [tokenizer.decode(d[:max_tokens], skip_special=True) for d in docs]
+
+
+def heldout_python_likeness(val_tokens: torch.Tensor, tokenizer, max_tokens: int = 258,
+                            max_docs: int | None = None) -> dict:
+    """The ceiling of ``sample_python_likeness``: the same measure on real held-out code cut the way a sample
+    is (``heldout_documents``; the last, usually cut-off statement left out). Returns the pooled dict."""
+    return pooled_python_likeness(heldout_documents(val_tokens, tokenizer, max_tokens, max_docs))
 
 
 @torch.no_grad()

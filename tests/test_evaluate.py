@@ -166,6 +166,25 @@ def test_python_likeness_of_hand_made_texts():
     assert pooled_python_likeness([noisy, GOOD], skips=[10, 0]) == {"share": 4 / 5, "parsed": 4, "statements": 5}
 
 
+def test_python_likeness_interval_and_distinct_lines_by_hand():
+    from dsv3_edu.evaluate import distinct_line_share, python_likeness_interval
+    # every text scores the same share: every resample does too
+    assert python_likeness_interval([GOOD, GOOD, GOOD]) == [1.0, 1.0]
+    bad = "x = = 1\ny = = 2\nz = 3\n"                  # 0 of 2 (the last block is left out)
+    lo, hi = python_likeness_interval([GOOD] * 10 + [bad] * 10)
+    assert 0.0 < lo < pooled_python_likeness([GOOD] * 10 + [bad] * 10)["share"] < hi < 1.0
+    assert python_likeness_interval([GOOD, bad], n=500, seed=1) == python_likeness_interval([GOOD, bad], n=500, seed=1)
+    # 5 non-blank lines, 3 distinct in the first text; 2 of 2 in the second
+    assert distinct_line_share(["x = 1\nx = 1\n\n  x = 1\ny = 2\nz = 3", "a\nb"]) == 5 / 7
+    assert distinct_line_share([]) == 0.0
+    # unique: a loop of one valid line counts once; a repeated failure too
+    loop = "x = 1\n" * 20 + "y = = 2\n" + "y = = 2\n" + "z = 3\n"
+    assert python_likeness(loop) == {"share": 20 / 22, "parsed": 20, "statements": 22}
+    assert python_likeness(loop, unique=True) == {"share": 0.5, "parsed": 1, "statements": 2}
+    assert pooled_python_likeness([loop, GOOD], unique=True) == {"share": 5 / 6, "parsed": 5, "statements": 6}
+    assert python_likeness_interval([loop] * 3, unique=True) == [0.5, 0.5]
+
+
 def test_sample_python_likeness_runs_with_fixed_seeds():
     from dsv3_edu.data import load_tokenizer
     tok = load_tokenizer()

@@ -34,3 +34,20 @@ def test_readme_ablation_intervals_come_from_the_file():
         lo, hi = p["ci95"]
         assert f"{p['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]".lstrip("+") in README, key
         assert not p["excludes_zero"]
+
+
+def test_sampling_table_in_docs_is_the_one_the_file_makes():
+    import importlib.util
+    import json
+    spec = importlib.util.spec_from_file_location("sweep_sampling", ROOT / "benchmarks" / "sweep_sampling.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    res = json.loads((ROOT / "results" / "sweep_sampling.json").read_text())
+    doc = (ROOT / "docs" / "recipe.md").read_text()
+    assert f"{sweep.BEGIN}\n{sweep.table(res)}\n{sweep.END}" in doc
+    best = max(res["rows"], key=lambda r: r["unique_share"])
+    assert f"the best is {best['unique_share']:.0%} at temperature {best['temperature']:g}" in doc
+    # the trainer's temperature-0.8 share at 48 samples agrees with the record's 12-sample figure within noise
+    row = next(r for r in res["rows"] if r["temperature"] == 0.8)
+    lo, hi = row["ci95"]
+    assert lo <= load_run_record()["python_likeness"]["samples"]["share"] <= hi
