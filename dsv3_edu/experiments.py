@@ -740,16 +740,9 @@ def default_results_path():
 def load_ablations(path=None) -> dict:
     """The committed reference ablations (``results/ablations.json`` by default), as written by
     ``python -m dsv3_edu.experiments ablation``; FileNotFoundError with the command to make them if missing."""
-    import json
-    from pathlib import Path
-    path = Path(path) if path is not None else default_results_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"no ablation results at {path}; make them with "
-                                "python -m dsv3_edu.experiments ablation --budget 200 --out results/ablations.json")
-    data = json.loads(path.read_text())
-    if data.get("schema") != ABLATION_SCHEMA:
-        raise ValueError(f"{path} is not an ablation results file (schema {data.get('schema')!r})")
-    return data
+    return _load_result(path, "ablations.json",
+                        "python -m dsv3_edu.experiments ablation --budget 200 --out results/ablations.json",
+                        ABLATION_SCHEMA, "an ablation results file")
 
 
 def ablation_reading(name: str, comp: dict, metric: str = "val_loss") -> str:
@@ -795,15 +788,27 @@ if __name__ == "__main__":
 def load_run_record(path=None) -> dict:
     """A run record written by ``python -m dsv3_edu train --record FILE``; by default ``results/default_run.json``,
     the README's first command as measured (made by ``python -m dsv3_edu train --record results/default_run.json``)."""
+    return _load_result(path, "default_run.json", "python -m dsv3_edu train --record results/default_run.json",
+                        "dsv3_edu.run/1", "a run record")
+
+
+def load_sampling_sweep(path=None) -> dict:
+    """The Python-likeness of the default checkpoint's samples by temperature (``results/sweep_sampling.json``,
+    written by ``benchmarks/sweep_sampling.py``)."""
+    return _load_result(path, "sweep_sampling.json", "python benchmarks/sweep_sampling.py --ckpt runs/default")
+
+
+def _load_result(path, name: str, command: str, schema: str | None = None, what: str = "") -> dict:
+    """A committed results file (``results/NAME`` by default): FileNotFoundError naming the command that makes it
+    if missing, ValueError if its schema is not ``schema``."""
     import json
     from pathlib import Path
-    path = Path(path) if path is not None else default_results_path().with_name("default_run.json")
+    path = Path(path) if path is not None else default_results_path().with_name(name)
     if not path.is_file():
-        raise FileNotFoundError(f"no run record at {path}; make it with "
-                                "python -m dsv3_edu train --record results/default_run.json")
+        raise FileNotFoundError(f"no {name} at {path}; make it with {command}")
     data = json.loads(path.read_text())
-    if data.get("schema") != "dsv3_edu.run/1":
-        raise ValueError(f"{path} is not a run record (schema {data.get('schema')!r})")
+    if schema is not None and data.get("schema") != schema:
+        raise ValueError(f"{path} is not {what} (schema {data.get('schema')!r})")
     return data
 
 

@@ -51,3 +51,21 @@ def test_sampling_table_in_docs_is_the_one_the_file_makes():
     row = next(r for r in res["rows"] if r["temperature"] == 0.8)
     lo, hi = row["ci95"]
     assert lo <= load_run_record()["python_likeness"]["samples"]["share"] <= hi
+
+
+def test_sampling_sweep_loads_and_plots(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import pytest
+
+    from dsv3_edu.experiments import load_sampling_sweep
+    from dsv3_edu.viz.inference import plot_sampling_sweep
+    res = load_sampling_sweep()
+    fig = plot_sampling_sweep(res)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2                                   # two shares with their intervals
+    first = ax.containers[0].lines[0].get_ydata()
+    rows = sorted(res["rows"], key=lambda r: r["temperature"])
+    assert list(first) == pytest.approx([r["share"] / res["heldout"]["share"] for r in rows])
+    with pytest.raises(FileNotFoundError, match="benchmarks/sweep_sampling.py"):
+        load_sampling_sweep(tmp_path / "missing.json")

@@ -33,3 +33,30 @@ def plot_decode_scaling(contexts: list[int], seconds: dict[str, list[float]], ca
     ax2.set_title("cache memory (batch 1, float32)")
     fig.tight_layout()
     return fig
+
+
+def plot_sampling_sweep(res: dict, ax=None):
+    """Python-likeness of samples against temperature (``experiments.load_sampling_sweep()``): the share of
+    statements that compile and of distinct statements that compile, each as a fraction of held-out code's (with
+    the 95% bootstrap interval), and the share of distinct lines, whose fall shows the cold sampler looping."""
+    rows = sorted(res["rows"], key=lambda r: r["temperature"])
+    temps = [r["temperature"] for r in rows]
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 3.8))
+    for key, ci, ceiling, label in (("share", "ci95", res["heldout"]["share"], "statements that compile"),
+                                    ("unique_share", "unique_ci95", res["heldout_unique"]["share"],
+                                     "distinct statements that compile")):
+        mid = [r[key] / ceiling for r in rows]
+        err = [[m - r[ci][0] / ceiling for m, r in zip(mid, rows)], [r[ci][1] / ceiling - m for m, r in zip(mid, rows)]]
+        ax.errorbar(temps, mid, yerr=err, marker="o", capsize=3, label=f"{label} (/ held-out code)")
+    ax.plot(temps, [r["distinct_lines"] for r in rows], "s--", color="gray", label="distinct lines")
+    ax.axhline(res["heldout_distinct_lines"], color="gray", ls=":", lw=1, label="distinct lines, held-out code")
+    ax.axhline(0.8, color="C3", ls=":", lw=1, label="goal: 0.8 of held-out code")
+    ax.set_xlabel("temperature")
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(temps)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"samples of the default run ({rows[0]['n_samples']} per temperature)")
+    fig.tight_layout()
+    return fig
