@@ -731,10 +731,10 @@ REPORT_EXPECTATION = {
 }
 
 
-def default_results_path():
-    """``results/ablations.json`` of the repository this package lives in."""
+def results_path(name: str = "ablations.json"):
+    """``results/NAME`` of the repository this package lives in (the committed reference results)."""
     from pathlib import Path
-    return Path(__file__).resolve().parents[1] / "results" / "ablations.json"
+    return Path(__file__).resolve().parents[1] / "results" / name
 
 
 def load_ablations(path=None) -> dict:
@@ -803,7 +803,7 @@ def _load_result(path, name: str, command: str, schema: str | None = None, what:
     if missing, ValueError if its schema is not ``schema``."""
     import json
     from pathlib import Path
-    path = Path(path) if path is not None else default_results_path().with_name(name)
+    path = Path(path) if path is not None else results_path(name)
     if not path.is_file():
         raise FileNotFoundError(f"no {name} at {path}; make it with {command}")
     data = json.loads(path.read_text())

@@ -69,3 +69,21 @@ def test_sampling_sweep_loads_and_plots(tmp_path):
     assert list(first) == pytest.approx([r["share"] / res["heldout"]["share"] for r in rows])
     with pytest.raises(FileNotFoundError, match="benchmarks/sweep_sampling.py"):
         load_sampling_sweep(tmp_path / "missing.json")
+
+
+def test_long_run_figures_in_readme_come_from_the_file():
+    from dsv3_edu.experiments import results_path
+    rec = load_run_record(results_path("long_run.json"))
+    ev, tc = rec["final_eval"], rec["train_config"]
+    assert rec["command"] == "python -m dsv3_edu train --steps 6000 --out-dir runs/long --record results/long_run.json"
+    from dsv3_edu.train import CPU_RECIPE
+    assert {k: tc[k] for k in CPU_RECIPE if k != "steps"} == {k: v for k, v in CPU_RECIPE.items() if k != "steps"}
+    assert f"{rec['wall_s'] / 60:.1f} min on the same machine" in README
+    assert f"**{ev['val_bpb']:.3f} bits/byte = {ev['val_bpb'] / ev['xz']:.2f}x xz**" in README
+    val = [r for r in rec["curve"] if "val_bpb" in r]
+    first = next(r for r in val if r["val_bpb"] < ev["xz"])
+    assert f"below xz's {ev['xz']:.3f}\nafter {first['tokens'] / 1e6:.1f}M tokens" in README
+    s = rec["python_likeness"]["samples"]
+    assert f"{s['share']:.0%} of their statements compiling ({s['parsed']} of {s['statements']})" in README
+    half = next(r for r in val if r["tokens"] == val[-1]["tokens"] // 2)
+    assert f"gained {half['val_bpb'] - val[-1]['val_bpb']:.2f} bits over its last doubling" in README

@@ -145,3 +145,8 @@ def test_run_record_json_and_plot(tmp_path, dataset):
     rec["final_eval"].update(xz=1.5, bz2=1.6)
     ax = plot_bits_per_byte(rec).axes[0]
     assert [line.get_ydata()[0] for line in ax.lines] == [3.0, 1.5, 1.6]      # the model, xz, bz2 (no zlib given)
+    longer = {**rec, "curve": [{"tokens": 100, "val_bpb": 3.0}, {"tokens": 800, "val_bpb": 1.4}],
+              "train_config": {**rec["train_config"], "steps": 48}}
+    ax = plot_bits_per_byte([rec, longer]).axes[0]                             # two runs on one log-token axis
+    assert [line.get_ydata()[-1] for line in ax.lines] == [2.0, 1.4, 1.5, 1.6]
+    assert ax.get_xscale() == "log" and "48 steps" in ax.get_legend_handles_labels()[1][1]

@@ -51,20 +51,30 @@ def plot_expert_load(loads: list[torch.Tensor], ax=None, title: str = "tokens pe
     return fig
 
 
-def plot_bits_per_byte(record: dict, ax=None):
-    """A run record (``python -m dsv3_edu train --record FILE``, e.g. results/default_run.json): validation bits
-    per byte against tokens seen, with xz, bz2 and zlib on the same validation text as horizontal lines, so the
-    point where the model starts to beat a general-purpose compressor is visible."""
+def plot_bits_per_byte(records, ax=None):
+    """One run record or a list of them (``python -m dsv3_edu train --record FILE``, e.g. results/default_run.json
+    and results/long_run.json): validation bits per byte against tokens seen, with xz, bz2 and zlib on the same
+    validation text as horizontal lines, so the point where the model starts to beat a general-purpose compressor
+    is visible. Several runs share a log-scale token axis: equal steps on it are doublings of the data seen."""
+    records = [records] if isinstance(records, dict) else list(records)
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
-    val = [r for r in record["curve"] if "val_bpb" in r]
-    ax.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], "o-", color="C0", label="the model (validation)")
-    ev = record["final_eval"]
+    for i, rec in enumerate(records):
+        val = [r for r in rec["curve"] if "val_bpb" in r]
+        label = "the model (validation)" if len(records) == 1 else \
+            f"{rec['train_config']['steps']} steps, {rec['wall_s'] / 60:.0f} min"
+        ax.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], "o-", ms=3, color=f"C{4 + i}" if i else "C0",
+                label=label)
+    ev = records[0]["final_eval"]
     for i, name in enumerate(("xz", "bz2", "zlib")):
         if name in ev:
             ax.axhline(ev[name], color=f"C{i + 1}", ls="--", lw=1, label=f"{name} (strongest preset): {ev[name]:.3f}")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("bits per byte of held-out Python")
-    ax.set_title(f"{record['command']}  ({record['wall_s'] / 60:.1f} min)", fontsize=9)
+    if len(records) == 1:
+        ax.set_title(f"{records[0]['command']}  ({records[0]['wall_s'] / 60:.1f} min)", fontsize=9)
+    else:
+        ax.set_xscale("log")
+        ax.set_title("validation bits/byte of the recorded runs", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
