@@ -31,7 +31,7 @@ from dsv3_edu.evaluate import (
     sample_python_likeness,
 )
 from dsv3_edu.experiments import machine_info
-from dsv3_edu.train import load_model
+from dsv3_edu.train import checkpoint_tokenizer, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- sampling table: begin (benchmarks/sweep_sampling.py writes this) -->"
@@ -41,7 +41,7 @@ END = "<!-- sampling table: end -->"
 def score(model, tok, temperature: float, seeds: int) -> dict:
     t0 = time.perf_counter()
     r = sample_python_likeness(model, tok, DEFAULT_PROMPTS, tuple(range(seeds)), temperature=temperature)
-    skips = [len(p) for p in DEFAULT_PROMPTS for _ in range(seeds)]
+    skips = r["skips"]
     u = pooled_python_likeness(r["samples"], skips=skips, unique=True)
     return {"temperature": temperature, "share": r["share"], "parsed": r["parsed"], "statements": r["statements"],
             "ci95": python_likeness_interval(r["samples"], skips), "unique_share": u["share"],
@@ -88,8 +88,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = load_model(args.ckpt)
-    tok_path = Path(args.ckpt) / "checkpoint" / "tokenizer.json"
-    tok = load_tokenizer(tok_path if tok_path.is_file() else None)
+    tok = load_tokenizer(checkpoint_tokenizer(args.ckpt))
     val = build_dataset(vocab_size=model.cfg.vocab_size).dataset()["val"]
     docs = heldout_documents(val, tok)
     heldout, heldout_unique = pooled_python_likeness(docs), pooled_python_likeness(docs, unique=True)

@@ -67,7 +67,7 @@ def _train(args) -> int:
         pictures = _save_training_plots(res) if tc.plots else []
         print(f"checkpoint, metrics.jsonl{''.join(', ' + p for p in pictures)} in {res.out_dir}")
     if args.samples:
-        _print_samples(res.model, args.samples, res.out_dir)
+        _print_samples(res.model, res.tokenizer, args.samples)
     if args.record:
         _write_record(args.record, res, tc, likeness, time.perf_counter() - t_start)
         print(f"run record: {args.record}")
@@ -130,27 +130,15 @@ def _save_training_plots(res) -> list[str]:
     return ["loss.png", "expert_load.png"]
 
 
-def _print_samples(model, n: int, run_dir=None, prompts=("def ", "import ", "class ")) -> None:
+def _print_samples(model, tok, n: int, prompts=("def ", "import ", "class ")) -> None:
     import torch
 
-    from .data import load_tokenizer
     from .generate import generate
-    tok = load_tokenizer(_checkpoint_tokenizer(run_dir))
     device = next(model.parameters()).device
     for i, p in enumerate(prompts[:n]):
         ids = torch.tensor([tok.encode(p)], device=device)
         out = generate(model, ids, max_new_tokens=96, temperature=0.8, top_k=50, seed=i)
         print(f"\n--- sample {i + 1} (prompt {p!r}) ---\n{tok.decode(out[0].tolist())}")
-
-
-def _checkpoint_tokenizer(run_dir):
-    """The tokenizer.json saved with a run's checkpoint, or None (the packaged vocab-8192 one) if there is none."""
-    if run_dir is None:
-        return None
-    for p in (Path(run_dir) / "checkpoint" / "tokenizer.json", Path(run_dir) / "tokenizer.json"):
-        if p.is_file():
-            return p
-    return None
 
 
 def _generate(args) -> int:
@@ -176,7 +164,8 @@ def _load_tokenizer_arg(load_tokenizer, path, ckpt):
     """load_tokenizer(path), with errors that name the --tokenizer argument; without one, the tokenizer saved with
     the checkpoint (the packaged vocab-8192 one for checkpoints that carry none)."""
     if path is None:
-        return load_tokenizer(_checkpoint_tokenizer(ckpt))
+        from .train import checkpoint_tokenizer
+        return load_tokenizer(checkpoint_tokenizer(ckpt))
     if not Path(path).is_file():
         raise FileNotFoundError(f"--tokenizer {path}: no such file")
     try:

@@ -194,30 +194,29 @@ def python_likeness(text: str, drop_last: bool = True, skip: int = 0, unique: bo
     return {"share": ok / len(statuses) if statuses else 0.0, "parsed": ok, "statements": len(statuses)}
 
 
+def _per_text_likeness(texts, drop_last: bool, skips, unique: bool) -> list[dict]:
+    texts = list(texts)
+    skips = skips if skips is not None else [0] * len(texts)
+    return [python_likeness(t, drop_last, k, unique) for t, k in zip(texts, skips)]
+
+
+def _pool(per: list[dict]) -> dict:
+    parsed, statements = sum(r["parsed"] for r in per), sum(r["statements"] for r in per)
+    return {"share": parsed / statements if statements else 0.0, "parsed": parsed, "statements": statements}
+
+
 def pooled_python_likeness(texts, drop_last: bool = True, skips=None, unique: bool = False) -> dict:
     """``python_likeness`` pooled over many texts (statements summed, not shares averaged); ``skips``: each
     text's prompt length in characters (default 0)."""
-    parsed = statements = 0
-    texts = list(texts)
-    for t, skip in zip(texts, skips if skips is not None else [0] * len(texts)):
-        r = python_likeness(t, drop_last, skip, unique)
-        parsed += r["parsed"]
-        statements += r["statements"]
-    return {"share": parsed / statements if statements else 0.0, "parsed": parsed, "statements": statements}
+    return _pool(_per_text_likeness(texts, drop_last, skips, unique))
 
 
 def python_likeness_interval(texts, skips=None, n: int = 2000, seed: int = 0, unique: bool = False) -> list[float]:
     """95% bootstrap interval ``[low, high]`` of ``pooled_python_likeness``: whole texts are resampled, since the
     statements of one sample are not independent of each other."""
-    texts = list(texts)
-    per = [python_likeness(t, True, k, unique) for t, k in zip(texts, skips if skips is not None else [0] * len(texts))]
+    per = _per_text_likeness(texts, True, skips, unique)
     rng = random.Random(seed)
-    shares = []
-    for _ in range(n):
-        pick = [per[rng.randrange(len(per))] for _ in per]
-        statements = sum(p["statements"] for p in pick)
-        shares.append(sum(p["parsed"] for p in pick) / statements if statements else 0.0)
-    shares.sort()
+    shares = sorted(_pool([per[rng.randrange(len(per))] for _ in per])["share"] for _ in range(n))
     return [shares[int(0.025 * n)], shares[int(0.975 * n) - 1]]
 
 
@@ -267,7 +266,8 @@ def sample_python_likeness(model, tokenizer, prompts=DEFAULT_PROMPTS, seeds=(0, 
                            temperature: float = 0.8, top_k: int | None = None) -> dict:
     """Sample from ``model`` (``dsv3_edu.generate.generate``) for each prompt and seed, cut each sample at its
     first <|eos|>, and pool ``python_likeness`` over prompt + sample (a statement the prompt completes does not
-    count). Returns the pooled dict plus "samples"."""
+    count). Returns the pooled dict plus "samples" and their "skips" (each one's prompt length, for re-scoring
+    them with ``pooled_python_likeness`` or ``python_likeness_interval``)."""
     from .generate import generate
     if not 0 < temperature <= 0.8:
         raise ValueError(f"sample_python_likeness: temperature must be in (0, 0.8], got {temperature}")
@@ -282,4 +282,4 @@ def sample_python_likeness(model, tokenizer, prompts=DEFAULT_PROMPTS, seeds=(0, 
                 out = out[:out.index(tokenizer.eos_id)]
             samples.append(tokenizer.decode(out, skip_special=True))
             skips.append(len(prompt))             # a statement the prompt completes is not the model's
-    return {**pooled_python_likeness(samples, skips=skips), "samples": samples}
+    return {**pooled_python_likeness(samples, skips=skips), "samples": samples, "skips": skips}

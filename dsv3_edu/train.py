@@ -230,6 +230,17 @@ def save_checkpoint(path: Path, model: Transformer, opt, step: int, tc: TrainCon
         tmp.rename(path)
 
 
+def checkpoint_tokenizer(run_dir) -> Path | None:
+    """The tokenizer.json saved with a run's checkpoint (``save_checkpoint``), or None (the packaged vocab-8192
+    one) if there is none."""
+    if run_dir is None:
+        return None
+    for p in (Path(run_dir) / CKPT / "tokenizer.json", Path(run_dir) / "tokenizer.json"):
+        if p.is_file():
+            return p
+    return None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Transformer:
     """A trained model from a run folder (``runs/default``) or its checkpoint folder.
 
